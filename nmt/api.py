@@ -1,0 +1,318 @@
+"""The Python API under the CLI: train, translate, evaluate, reproduce, average.
+
+Each function takes plain values, raises `NmtError` subclasses for anything the user can fix,
+and logs progress to the "nmt" logger.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nmt import checkpoint as ckpt
+from nmt import recipe as recipe_mod
+from nmt.data import load_splits
+from nmt.errors import CheckpointError, NmtError, TrainingError
+from nmt.evaluate import Score, score_corpus
+from nmt.model import build_model
+from nmt.recipe import Recipe
+from nmt.runtime import autocast_dtype, resolve_device, seed_everything, set_threads
+from nmt.textio import decode_lines, open_input, open_output, read_text_lines
+from nmt.tokenizer import Tokenizer
+from nmt.train import Progress, Trainer, prepare_data
+from nmt.translate import SearchSettings, Translator
+
+log = logging.getLogger("nmt")
+
+RUN_FILES = (
+    "best.pt",
+    "metrics.jsonl",
+    "train.log",
+    "recipe.yaml",
+    "spm.model",
+    "spm.source.model",
+    "spm.target.model",
+)
+
+
+def _recipe(recipe: Recipe | str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe_mod.from_dict(recipe.to_dict(), list(overrides)) if overrides else recipe
+    return recipe_mod.load(recipe, list(overrides))
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """Existing step checkpoints to resume from; refuses to overwrite a run by accident."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"run directory {run_dir} is a file")
+    ckpt.remove_stale_temporaries(run_dir)
+    existing = ckpt.step_checkpoints(run_dir)
+    holds_run = bool(existing) or (run_dir / ckpt.BEST).exists()
+    if holds_run and overwrite:
+        for path in existing:
+            path.unlink()
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        return []
+    if holds_run and not resume:
+        raise TrainingError(
+            f"run directory {run_dir} already holds a run; use --resume to continue "
+            f"it or --overwrite to start again"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return existing
+
+
+def _latest_readable(paths: list[Path]) -> dict:
+    """The newest step checkpoint that loads; a damaged newest one falls back to the one before."""
+    for path in reversed(paths):
+        try:
+            return ckpt.read(path)
+        except CheckpointError as exc:
+            log.warning("skipping %s: %s", path.name, exc)
+    raise CheckpointError("no readable checkpoint to resume from")
+
+
+def train(
+    recipe: Recipe | str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    init_from: str | Path | None = None,
+    threads: int | None = None,
+    progress_bar: bool = True,
+    trainer_hook=None,
+) -> Progress:
+    """Train (or resume) a run; checkpoints, logs and metrics go to `out_dir`."""
+    rec = _recipe(recipe, overrides)
+    run_dir = Path(out_dir) if out_dir is not None else Path("runs") / rec.name
+    set_threads(threads)
+    dev = resolve_device(device)
+    existing = _prepare_run_dir(run_dir, resume, overwrite)
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        payload = _latest_readable(existing) if existing else None
+        if payload is not None:
+            stored = recipe_mod.from_dict(payload["recipe"])
+            if stored != rec:
+                log.warning(
+                    "resuming with the recipe stored in the run, which differs from %s",
+                    recipe if not isinstance(recipe, Recipe) else "the given recipe",
+                )
+            rec = stored
+            log.info("resuming %s from step %d", run_dir, payload["step"])
+        seed_everything(rec.seed)
+        splits = load_splits(rec.data, [rec.data.train_split, rec.data.valid_split], data_dir)
+        train_text, valid_text = splits[rec.data.train_split], splits[rec.data.valid_split]
+        if payload is not None:
+            _, tokenizer, model = ckpt.restore_model(payload, "resumed checkpoint")
+        elif init_from is not None:
+            _, tokenizer, parent = ckpt.load_model(init_from)[:3]
+            model = build_model(rec.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
+            try:
+                ckpt.load_weights(model, parent.state_dict(), f"--init-from {init_from}")
+            except CheckpointError as exc:
+                raise CheckpointError(
+                    f"{exc}: the recipe's model section must match the initial model's"
+                ) from None
+            log.info("initialised from %s (its tokenizer and weights; fresh optimizer)", init_from)
+        else:
+            log.info(
+                "training SentencePiece (%s, %d) on %d sentence pairs",
+                rec.tokenizer.type,
+                rec.tokenizer.vocab_size,
+                len(train_text),
+            )
+            tokenizer = Tokenizer.train(
+                train_text.source, train_text.target, rec.tokenizer, rec.seed
+            )
+            model = build_model(rec.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
+        tokenizer.save(run_dir)
+        (run_dir / "recipe.yaml").write_text(_yaml(rec), encoding="utf-8")
+        data = prepare_data(train_text, valid_text, tokenizer, rec.train.max_length)
+        trainer = Trainer(
+            rec,
+            tokenizer,
+            model,
+            data,
+            run_dir,
+            dev,
+            progress_bar=progress_bar,
+            on_step=trainer_hook,
+        )
+        if payload is not None:
+            trainer.load_state_dict(payload["training"])
+        return trainer.fit()
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _yaml(rec: Recipe) -> str:
+    import yaml
+
+    return yaml.safe_dump(rec.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def settings_from_recipe(rec: Recipe, **changes: object) -> SearchSettings:
+    """The recipe's decode section, with the given non-None values replacing its own."""
+    d = rec.decode
+    base: dict[str, object] = {
+        "beam_size": d.beam_size,
+        "length_penalty": d.length_penalty,
+        "max_length_ratio": d.max_length_ratio,
+        "max_length": d.max_length,
+        "batch_size": d.batch_size,
+    }
+    base.update({k: v for k, v in changes.items() if v is not None})
+    return SearchSettings(**base)  # type: ignore[arg-type]
+
+
+def load_translator(
+    model_path: str | Path,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    threads: int | None = None,
+    **search_changes: object,
+) -> tuple[Translator, Recipe]:
+    """A translator for a model, decoding with its recipe's settings unless changed here."""
+    set_threads(threads)
+    rec, tokenizer, model, _ = ckpt.load_model(model_path)
+    settings = settings_from_recipe(rec, **search_changes)
+    return Translator(
+        model, tokenizer, resolve_device(device), settings, autocast_dtype(precision)
+    ), rec
+
+
+def translate_file(
+    translator: Translator,
+    input_path: str | Path | None = None,
+    output_path: str | Path | None = None,
+    errors: str = "strict",
+) -> int:
+    """Translate a file (or stdin) line by line into a file (or stdout); returns lines written."""
+    with open_input(input_path) as stream, open_output(output_path) as out:
+        return translator.translate_stream(decode_lines(stream, errors), out.write)
+
+
+def translate_lines(translator: Translator, lines: Sequence[str]) -> list[str]:
+    return [h[0].text for h in translator.translate(list(lines))]
+
+
+@dataclass
+class Evaluation:
+    scores: dict[str, Score]
+    hypotheses: list[str] = field(repr=False)
+
+
+def evaluate(
+    translator: Translator, sources: Sequence[str], references: Sequence[str]
+) -> Evaluation:
+    hyps = translate_lines(translator, sources)
+    return Evaluation(score_corpus(hyps, references), hyps)
+
+
+def evaluate_files(translator: Translator, source: str | Path, reference: str | Path) -> Evaluation:
+    return evaluate(translator, read_text_lines(source), read_text_lines(reference))
+
+
+def evaluate_split(
+    translator: Translator, model_recipe: Recipe, split: str, data_dir: str | Path | None = None
+) -> Evaluation:
+    text = load_splits(model_recipe.data, [split], data_dir)[split]
+    return evaluate(translator, text.source, text.target)
+
+
+def average(run_dir: str | Path, last: int, output: str | Path) -> Path:
+    """Average the weights of a run's last N step checkpoints into one model file."""
+    run = Path(run_dir)
+    paths = ckpt.step_checkpoints(run)
+    if not paths:
+        raise CheckpointError(f"no step checkpoints in {run}")
+    if last < 1:
+        raise NmtError(f"--last must be at least 1, got {last}")
+    chosen = paths[-last:]
+    payload = ckpt.read(chosen[-1])
+    recipe, tokenizer, model = ckpt.restore_model(payload, str(chosen[-1]))
+    model.load_state_dict(ckpt.average(chosen))
+    out = Path(output)
+    ckpt.atomic_save(
+        ckpt.build_payload(recipe, tokenizer, model, payload["step"], {"averaged": len(chosen)}),
+        out,
+    )
+    log.info(
+        "averaged %d checkpoints (%s) into %s", len(chosen), ", ".join(p.name for p in chosen), out
+    )
+    return out
+
+
+@dataclass
+class ReproduceRow:
+    split: str
+    metric: str
+    score: float
+    expected: float | None
+    tolerance: float | None
+    signature: str
+
+    @property
+    def passed(self) -> bool | None:
+        if self.expected is None or self.tolerance is None:
+            return None
+        return self.score >= self.expected - self.tolerance
+
+
+def reproduce(
+    recipe: Recipe | str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    progress_bar: bool = True,
+    overrides: Sequence[str] = (),
+) -> list[ReproduceRow]:
+    """Train (or resume) the recipe, decode its test splits and compare with its expected scores."""
+    rec = _recipe(recipe, overrides)
+    run_dir = Path(out_dir) if out_dir is not None else Path("runs") / rec.name
+    train(
+        rec,
+        run_dir,
+        data_dir=data_dir,
+        device=device,
+        resume=True,
+        threads=threads,
+        progress_bar=progress_bar,
+    )
+    model_path: Path = run_dir / ckpt.BEST
+    if rec.decode.average_checkpoints > 1:
+        model_path = average(run_dir, rec.decode.average_checkpoints, run_dir / "averaged.pt")
+    translator, _ = load_translator(model_path, device=device)
+    rows = []
+    for split in rec.data.test_splits:
+        result = evaluate_split(translator, rec, split, data_dir)
+        (run_dir / f"{split}.hyp.txt").write_text(
+            "\n".join(result.hypotheses) + "\n", encoding="utf-8"
+        )
+        for name, score in result.scores.items():
+            exp = next((e for e in rec.expected if e.split == split and e.metric == name), None)
+            rows.append(
+                ReproduceRow(
+                    split,
+                    name,
+                    score.score,
+                    exp.score if exp else None,
+                    exp.tolerance if exp else None,
+                    score.signature,
+                )
+            )
+    return rows

@@ -1,0 +1,155 @@
+"""Attentional recurrent decoder with input feeding (Luong et al., 2015).
+
+At step t: h_t = RNN([emb(y_{t-1}); a_{t-1}], h_{t-1});  c_t = attention(h_t, encoder states);
+a_t = tanh(W [c_t; h_t]) (the attentional vector);  p(y_t) = softmax(W_out a_t).
+Input feeding passes a_{t-1} into the next step, so the decoder must loop over time steps. Without
+it the RNN runs over the whole target at once, and attention follows for all steps in one go.
+
+The decoder owns its state: search reorders beams with `state.select(indices)` and never sees h/c.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nmt.attention import Attention
+from nmt.embeddings import Embeddings
+from nmt.encoder import RNN_CLASSES, EncoderOutput
+
+Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (L, B, Hd), or (h, c) for an LSTM
+
+
+@dataclass
+class Memory:
+    """What the decoder attends to; fixed for a source batch."""
+
+    states: torch.Tensor  # (B, S, M)
+    keys: torch.Tensor  # (B, S, K) projected once by the attention
+    mask: torch.Tensor  # (B, S)
+
+    def select(self, indices: torch.Tensor) -> Memory:
+        return Memory(
+            self.states.index_select(0, indices),
+            self.keys.index_select(0, indices),
+            self.mask.index_select(0, indices),
+        )
+
+
+@dataclass
+class DecoderState:
+    hidden: Hidden
+    feed: torch.Tensor | None  # (B, A) attentional vector of the previous step (input feeding)
+
+    def select(self, indices: torch.Tensor) -> DecoderState:
+        """Keep/reorder batch rows, e.g. the surviving beams of a search step."""
+        if isinstance(self.hidden, tuple):
+            hidden: Hidden = tuple(h.index_select(1, indices) for h in self.hidden)  # type: ignore[assignment]
+        else:
+            hidden = self.hidden.index_select(1, indices)
+        feed = None if self.feed is None else self.feed.index_select(0, indices)
+        return DecoderState(hidden, feed)
+
+
+class Decoder(nn.Module):
+    def __init__(
+        self,
+        embeddings: Embeddings,
+        attention: Attention,
+        cell: str,
+        hidden_size: int,
+        num_layers: int,
+        memory_size: int,
+        attentional_size: int,
+        vocab_size: int,
+        dropout: float,
+        input_feeding: bool,
+    ) -> None:
+        super().__init__()
+        self.embeddings = embeddings
+        self.attention = attention
+        self.cell = cell
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.input_feeding = input_feeding
+        self.attentional_size = attentional_size
+        emb_size = embeddings.table.embedding_dim
+        self.rnn = RNN_CLASSES[cell](
+            emb_size + (attentional_size if input_feeding else 0),
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        # Bridge: the encoder's final states initialise every decoder layer.
+        self.bridge = nn.Linear(memory_size, num_layers * hidden_size)
+        self.bridge_cell = (
+            nn.Linear(memory_size, num_layers * hidden_size) if cell == "lstm" else None
+        )
+        self.combine = nn.Linear(memory_size + hidden_size, attentional_size, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(attentional_size, vocab_size, bias=False)
+
+    def prepare_memory(self, encoded: EncoderOutput) -> Memory:
+        return Memory(encoded.states, self.attention.project_keys(encoded.states), encoded.mask)
+
+    def init_state(self, encoded: EncoderOutput) -> DecoderState:
+        batch = encoded.final.size(0)
+
+        def layers(x: torch.Tensor) -> torch.Tensor:  # (B, L*Hd) -> (L, B, Hd)
+            return (
+                torch.tanh(x)
+                .view(batch, self.num_layers, self.hidden_size)
+                .transpose(0, 1)
+                .contiguous()
+            )
+
+        hidden: Hidden = layers(self.bridge(encoded.final))
+        if self.bridge_cell is not None:
+            assert encoded.final_cell is not None
+            hidden = (hidden, layers(self.bridge_cell(encoded.final_cell)))
+        feed = encoded.final.new_zeros(batch, self.attentional_size) if self.input_feeding else None
+        return DecoderState(hidden, feed)
+
+    def _attend(self, outputs: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
+        """RNN outputs (B, T, Hd) -> attentional vectors (B, T, A) and weights (B, T, S)."""
+        context, weights = self.attention(outputs, memory.states, memory.keys, memory.mask)
+        attentional = torch.tanh(self.combine(torch.cat([context, outputs], dim=-1)))
+        return self.dropout(attentional), weights
+
+    def step(
+        self, tokens: torch.Tensor, state: DecoderState, memory: Memory
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """One step for tokens (B,): logits (B, V), the new state, attention weights (B, S)."""
+        attentional, new_state, weights = self._step_attentional(tokens.unsqueeze(1), state, memory)
+        return self.output(attentional), new_state, weights
+
+    def _step_attentional(
+        self, tokens: torch.Tensor, state: DecoderState, memory: Memory
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        x = self.embeddings(tokens)  # (B, 1, E)
+        if state.feed is not None:
+            x = torch.cat([x, state.feed.unsqueeze(1)], dim=-1)
+        outputs, hidden = self.rnn(x, state.hidden)  # (B, 1, Hd)
+        attentional, weights = self._attend(outputs, memory)
+        attentional = attentional.squeeze(1)  # (B, A)
+        return (
+            attentional,
+            DecoderState(hidden, attentional if self.input_feeding else None),
+            weights.squeeze(1),
+        )
+
+    def forward(self, tgt_in: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
+        """Teacher forcing over tgt_in (B, T): logits (B, T, V)."""
+        if self.input_feeding:
+            steps = []
+            for t in range(tgt_in.size(1)):
+                attentional, state, _ = self._step_attentional(tgt_in[:, t : t + 1], state, memory)
+                steps.append(attentional)
+            attentional_all = torch.stack(steps, dim=1)  # (B, T, A)
+        else:
+            outputs, _ = self.rnn(self.embeddings(tgt_in), state.hidden)  # (B, T, Hd)
+            attentional_all, _ = self._attend(outputs, memory)
+        return self.output(attentional_all)  # one (B*T, A) x (A, V) product

@@ -1,0 +1,102 @@
+"""The encoder-decoder: build it from a ModelConfig, run it for training or one search step."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nmt.attention import build_attention
+from nmt.batching import Batch
+from nmt.decoder import Decoder, DecoderState, Memory
+from nmt.embeddings import Embeddings
+from nmt.encoder import Encoder
+from nmt.errors import RecipeError
+from nmt.recipe import ModelConfig
+from nmt.tokenizer import PAD_ID
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, encoder: Encoder, decoder: Decoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[Memory, DecoderState]:
+        encoded = self.encoder(src, src_lengths)
+        return self.decoder.prepare_memory(encoded), self.decoder.init_state(encoded)
+
+    def decode_step(
+        self, tokens: torch.Tensor, state: DecoderState, memory: Memory
+    ) -> tuple[torch.Tensor, DecoderState]:
+        """Log-probabilities (B, V) of the next token after `tokens` (B,), and the new state."""
+        logits, state, _ = self.decoder.step(tokens, state, memory)
+        return torch.log_softmax(logits.float(), dim=-1), state
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) for batch.tgt_in."""
+        assert batch.tgt_in is not None
+        memory, state = self.encode(batch.src, batch.src_lengths)
+        return self.decoder(batch.tgt_in, state, memory)
+
+
+def build_model(config: ModelConfig, source_vocab_size: int, target_vocab_size: int) -> Seq2Seq:
+    if config.tie_embeddings and source_vocab_size != target_vocab_size:
+        raise RecipeError("model.tie_embeddings", "needs one vocabulary for both languages")
+    memory_size = 2 * config.encoder_hidden_size
+    if (
+        config.attention == "luong"
+        and config.luong_score == "dot"
+        and memory_size != config.decoder_hidden_size
+    ):
+        raise RecipeError(
+            "model.luong_score",
+            f"'dot' needs decoder_hidden_size ({config.decoder_hidden_size}) = 2 x "
+            f"encoder_hidden_size ({memory_size}); use 'general'",
+        )
+    src_emb = Embeddings(
+        source_vocab_size, config.embedding_size, config.embedding_dropout, config.word_dropout
+    )
+    tgt_emb = Embeddings(
+        target_vocab_size, config.embedding_size, config.embedding_dropout, config.word_dropout
+    )
+    if config.tie_embeddings:
+        tgt_emb.table = src_emb.table
+    encoder = Encoder(
+        src_emb, config.cell, config.encoder_hidden_size, config.encoder_layers, config.dropout
+    )
+    attention = build_attention(
+        config.attention, config.decoder_hidden_size, memory_size, config.luong_score
+    )
+    # With a tied output layer the attentional vector lives in embedding space.
+    attentional_size = config.embedding_size if config.tie_output else config.decoder_hidden_size
+    decoder = Decoder(
+        tgt_emb,
+        attention,
+        config.cell,
+        config.decoder_hidden_size,
+        config.decoder_layers,
+        memory_size,
+        attentional_size,
+        target_vocab_size,
+        config.dropout,
+        config.input_feeding,
+    )
+    model = Seq2Seq(encoder, decoder)
+    # Uniform(-0.1, 0.1) as in Luong et al. (2015) and OpenNMT-py, but embeddings N(0, 1):
+    # small embeddings (and so a small tied output layer) made the model learn several times slower.
+    embedding_tables = {id(src_emb.table.weight), id(tgt_emb.table.weight)}
+    for param in model.parameters():
+        if id(param) in embedding_tables:
+            nn.init.normal_(param, 0.0, 1.0)
+        else:
+            nn.init.uniform_(param, -0.1, 0.1)
+    with torch.no_grad():
+        src_emb.table.weight[PAD_ID].zero_()
+        tgt_emb.table.weight[PAD_ID].zero_()
+    if config.tie_output:
+        decoder.output.weight = tgt_emb.table.weight
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,337 @@
+"""Recipes: one YAML file fixes data, tokenizer, model, schedule, decoding and expected scores.
+
+Each section is a frozen dataclass with its defaults in one place. Loading rejects unknown keys,
+wrong types and out-of-range values with a `RecipeError` that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from nmt.errors import RecipeError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the parallel text comes from: a Hugging Face dataset id, or a local copy of one."""
+
+    dataset: str = "bentrevett/multi30k"  # hub id; `--data DIR` or $NMT_DATA point at a local copy
+    config: str | None = None  # dataset configuration name, e.g. "de-en" for wmt14
+    source_lang: str = "de"
+    target_lang: str = "en"
+    source_column: str | None = None  # defaults to source_lang
+    target_column: str | None = None  # defaults to target_lang
+    translation_field: str | None = (
+        None  # e.g. "translation" for {"translation": {"de": .., "en": ..}}
+    )
+    train_split: str = "train"
+    valid_split: str = "validation"
+    test_splits: list[str] = field(default_factory=lambda: ["test"])
+    max_train_examples: int | None = None  # first N training pairs only (smoke tests)
+    max_valid_examples: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """SentencePiece, trained on the training split."""
+
+    type: Literal["unigram", "bpe"] = "unigram"
+    vocab_size: int = 8000
+    joint: bool = True  # one model and vocabulary for both languages
+    character_coverage: float = 1.0
+    max_training_sentences: int = 2_000_000  # sentences sampled to train SentencePiece
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """An attentional encoder-decoder (Luong et al., 2015) with a bidirectional encoder."""
+
+    cell: Literal["lstm", "gru", "rnn"] = "lstm"
+    embedding_size: int = 256
+    encoder_hidden_size: int = 256  # per direction
+    encoder_layers: int = 1
+    decoder_hidden_size: int = 512
+    decoder_layers: int = 1
+    attention: Literal["bahdanau", "luong"] = "luong"
+    luong_score: Literal["general", "dot"] = "general"  # only for attention: luong
+    input_feeding: bool = True
+    dropout: float = 0.3  # between layers and on the attentional vector
+    embedding_dropout: float = 0.3
+    word_dropout: float = 0.0  # probability of replacing an input token by <unk> in training
+    tie_embeddings: bool = False  # share source and target embeddings (needs a joint tokenizer)
+    tie_output: bool = True  # target embedding matrix is the output projection
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation schedule."""
+
+    batch_tokens: int = 2000  # token budget per batch (max of source and target tokens, padded)
+    max_sentences: int = 128  # upper bound on sentences per batch
+    max_length: int = 100  # training pairs longer than this (in tokens) are skipped
+    learning_rate: float = 0.001
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.1
+    warmup_steps: int = 0
+    lr_decay_factor: float = 0.5  # multiply lr by this after `lr_patience` validations w/o gain
+    lr_patience: int = 2
+    min_learning_rate: float = 1e-5
+    max_epochs: int = 10
+    max_steps: int | None = None
+    validate_every: int = 500  # steps
+    valid_beam_size: int = 1  # 1 = greedy validation decoding
+    patience: int = 8  # early stopping: validations without a better BLEU
+    keep_checkpoints: int = 3  # last K full checkpoints kept besides best.pt
+    precision: Literal["fp32", "bf16"] = "fp32"
+    max_bad_steps: int = 5  # stop after this many consecutive non-finite losses
+    log_every: int = 100  # steps
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Beam search settings used by translate, evaluate and reproduce."""
+
+    beam_size: int = 5
+    length_penalty: float = 0.6  # GNMT alpha; 0 = no length normalisation
+    max_length_ratio: float = 2.0  # at most ratio * source tokens + 5 target tokens
+    max_length: int = 256  # absolute cap on target tokens
+    batch_size: int = 64  # sentences per decoding batch
+    average_checkpoints: int = 1  # >1: average the last N checkpoints before decoding
+
+
+@dataclass(frozen=True)
+class ExpectedScore:
+    """A score `nmt reproduce` must reach: score >= expected - tolerance."""
+
+    split: str = "test"
+    metric: Literal["bleu", "bleu_lc", "chrf"] = "bleu"
+    score: float = 0.0
+    tolerance: float = 0.5
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "unnamed"
+    seed: int = 1234
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    expected: list[ExpectedScore] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Values that must be > 0 or >= 0; checked after types.
+_POSITIVE = {
+    "tokenizer.vocab_size",
+    "model.embedding_size",
+    "model.encoder_hidden_size",
+    "model.encoder_layers",
+    "model.decoder_hidden_size",
+    "model.decoder_layers",
+    "train.batch_tokens",
+    "train.max_sentences",
+    "train.max_length",
+    "train.learning_rate",
+    "train.max_epochs",
+    "train.max_steps",
+    "train.validate_every",
+    "train.valid_beam_size",
+    "train.patience",
+    "train.keep_checkpoints",
+    "train.max_bad_steps",
+    "train.log_every",
+    "train.lr_patience",
+    "decode.beam_size",
+    "decode.max_length_ratio",
+    "decode.max_length",
+    "decode.batch_size",
+    "decode.average_checkpoints",
+    "data.max_train_examples",
+    "data.max_valid_examples",
+    "tokenizer.max_training_sentences",
+}
+_NON_NEGATIVE = {
+    "train.weight_decay",
+    "train.clip_norm",
+    "train.warmup_steps",
+    "train.min_learning_rate",
+    "decode.length_penalty",
+    "expected.tolerance",
+}
+_PROBABILITIES = {
+    "model.dropout",
+    "model.embedding_dropout",
+    "model.word_dropout",
+    "train.label_smoothing",
+    "train.lr_decay_factor",
+    "tokenizer.character_coverage",
+}
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise RecipeError(key, f"invalid value {value!r}", allowed)
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except RecipeError:
+                continue
+        raise RecipeError(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise RecipeError(key, f"expected {_type_name(tp)}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RecipeError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise RecipeError(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported recipe type {tp!r} for {key}")  # a bug in this module
+
+
+def _check_range(key: str, value: Any) -> None:
+    generic = key.split("[")[0] + (key.split("]")[-1] if "]" in key else "")
+    if value is None or isinstance(value, bool | str | list):
+        return
+    if generic in _POSITIVE and value <= 0:
+        raise RecipeError(key, f"must be greater than 0, got {value!r}")
+    if generic in _NON_NEGATIVE and value < 0:
+        raise RecipeError(key, f"must not be negative, got {value!r}")
+    if generic in _PROBABILITIES and not 0 <= value <= 1:
+        raise RecipeError(key, f"must lie between 0 and 1, got {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(prefix or "<top level>", f"expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise RecipeError(full, "unknown key", names)
+        kwargs[key] = _coerce(full, value, hints[key])
+        _check_range(full, kwargs[key])
+    return cls(**kwargs)
+
+
+def _check_consistency(recipe: Recipe) -> None:
+    if recipe.model.tie_embeddings and not recipe.tokenizer.joint:
+        raise RecipeError(
+            "model.tie_embeddings", "needs a joint vocabulary; set tokenizer.joint: true"
+        )
+    if recipe.train.max_sentences > recipe.train.batch_tokens:
+        raise RecipeError("train.max_sentences", "must not exceed train.batch_tokens")
+    splits = {recipe.data.valid_split, *recipe.data.test_splits}
+    for i, exp in enumerate(recipe.expected):
+        if exp.split not in splits:
+            raise RecipeError(
+                f"expected[{i}].split", f"unknown split {exp.split!r}", sorted(splits)
+            )
+
+
+def set_by_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `raw["a"]["b"] = value` for `dotted = "a.b"`, creating sections as needed."""
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(dotted, f"'{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `model.hidden_size=256`; the value is read as YAML, so `true`, `0.1`, `[a]` work."""
+    if "=" not in text:
+        raise RecipeError(text, "an override must look like section.key=value")
+    key, _, value_text = text.partition("=")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError as exc:
+        raise RecipeError(key, f"cannot read value {value_text!r}: {exc}") from None
+    return key.strip(), value
+
+
+def from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    raw = dict(raw)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_by_path(raw, key, value)
+    recipe = _build(Recipe, raw, "")
+    _check_consistency(recipe)
+    return recipe
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe and apply `section.key=value` overrides before validation."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(str(path), "recipe file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(str(path), f"cannot read recipe file: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+        raise RecipeError(str(path), f"not valid YAML: {first}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(str(path), "a recipe must be a mapping of sections")
+    return from_dict(raw, overrides)

@@ -1,0 +1,53 @@
+"""Device, threads, precision and seeding: the process-wide settings a run needs."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from nmt.errors import NmtError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NmtError(f"device '{name}' requested but CUDA is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise NmtError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+
+
+def set_threads(threads: int | None) -> None:
+    """None keeps torch's default, which honours OMP_NUM_THREADS."""
+    if threads is not None:
+        if threads < 1:
+            raise NmtError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,478 @@
+"""The training loop: forward, loss, backward, clip, step; validate, checkpoint, stop.
+
+Everything a run depends on is passed in or stored in its checkpoints (no global state), so a
+resumed run rebuilds the same batches, learning rate and random streams and continues the same
+trajectory, and the loop can later run once per device under torch.distributed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nmt import checkpoint as ckpt
+from nmt.batching import BucketedBatches, make_batch
+from nmt.data import ParallelText
+from nmt.errors import TrainingError
+from nmt.evaluate import score_corpus
+from nmt.loss import sequence_loss
+from nmt.model import Seq2Seq, count_parameters
+from nmt.recipe import Recipe, TrainConfig
+from nmt.runtime import autocast_dtype, rng_state, set_rng_state
+from nmt.tokenizer import Tokenizer
+from nmt.translate import SearchSettings, Translator
+
+log = logging.getLogger("nmt")
+
+
+@dataclass
+class Progress:
+    """Where a run stands; stored in every checkpoint so that --resume continues from here."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # next batch to take from the epoch's order
+    best_bleu: float = -1.0
+    best_step: int = 0
+    validations_without_gain: int = 0  # for early stopping
+    validations_since_decay: int = 0  # for the plateau learning-rate decay
+    lr_scale: float = 1.0
+    bad_steps_in_a_row: int = 0
+    skipped_steps: int = 0
+    train_seconds: float = 0.0
+    finished: bool = False
+
+
+def learning_rate(config: TrainConfig, progress: Progress) -> float:
+    """Linear warm-up to the base rate, then the plateau decays applied so far."""
+    warm = min(1.0, (progress.step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    return max(config.min_learning_rate, config.learning_rate * progress.lr_scale) * warm
+
+
+@dataclass
+class TrainingData:
+    """Tokenized training pairs and raw validation text."""
+
+    source_ids: list[list[int]]
+    target_ids: list[list[int]]
+    valid: ParallelText
+    skipped_long: int = 0
+
+
+def prepare_data(
+    train: ParallelText, valid: ParallelText, tokenizer: Tokenizer, max_length: int
+) -> TrainingData:
+    """Encode the training split once; drop empty pairs and pairs longer than max_length tokens."""
+    src_all = tokenizer.encode_source(train.source)
+    tgt_all = tokenizer.encode_target(train.target)
+    src_ids, tgt_ids, skipped = [], [], 0
+    for s, t in zip(src_all, tgt_all, strict=True):
+        if len(s) <= 1 or not t or len(s) > max_length or len(t) + 1 > max_length:
+            skipped += 1
+            continue
+        src_ids.append(s)
+        tgt_ids.append(t)
+    if not src_ids:
+        raise TrainingError(
+            f"no training pair is non-empty and within train.max_length {max_length}"
+        )
+    return TrainingData(src_ids, tgt_ids, valid, skipped)
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM: the loop finishes its step, writes a checkpoint and returns."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal_name is not None
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, _frame: object) -> None:
+            self.signal_name = signal.Signals(signum).name
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Trainer:
+    def __init__(
+        self,
+        recipe: Recipe,
+        tokenizer: Tokenizer,
+        model: Seq2Seq,
+        data: TrainingData,
+        run_dir: Path,
+        device: torch.device,
+        progress_bar: bool = True,
+        on_step: Callable[[Trainer], None] | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.config = recipe.train
+        self.tokenizer = tokenizer
+        self.model = model.to(device)
+        self.data = data
+        self.run_dir = run_dir
+        self.device = device
+        self.progress = Progress()
+        self.progress_bar = progress_bar
+        self.on_step = on_step  # test hook: called after every step
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=self.config.learning_rate,
+            weight_decay=self.config.weight_decay,
+        )
+        self.batches = BucketedBatches(
+            [len(s) for s in data.source_ids],
+            [len(t) for t in data.target_ids],
+            self.config.batch_tokens,
+            self.config.max_sentences,
+            recipe.seed,
+        )
+        self.dtype = autocast_dtype(self.config.precision)
+        self.stop_request = StopRequest()
+
+    # ----- checkpoints ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "progress": asdict(self.progress),
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.progress = Progress(**state["progress"])
+        set_rng_state(state["rng"])
+
+    def save_checkpoint(self, metrics: dict[str, float] | None = None) -> Path:
+        """A full checkpoint for this step; older ones beyond keep_checkpoints go only after."""
+        path = ckpt.step_path(self.run_dir, self.progress.step)
+        payload = ckpt.build_payload(
+            self.recipe,
+            self.tokenizer,
+            self.model,
+            self.progress.step,
+            metrics,
+            training=self.state_dict(),
+        )
+        ckpt.atomic_save(payload, path)
+        for old in ckpt.step_checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def save_best(self, metrics: dict[str, float]) -> None:
+        payload = ckpt.build_payload(
+            self.recipe, self.tokenizer, self.model, self.progress.step, metrics
+        )
+        ckpt.atomic_save(payload, self.run_dir / ckpt.BEST)
+
+    # ----- one step ------------------------------------------------------------------------
+
+    def train_step(self, batch_indices: list[int]) -> tuple[float, int]:
+        """Returns (summed loss, target tokens); a skipped update returns (nan, tokens)."""
+        d = self.data
+        batch = make_batch(
+            [d.source_ids[i] for i in batch_indices], [d.target_ids[i] for i in batch_indices]
+        ).to(self.device)
+        n_tokens = batch.n_target_tokens
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, self.progress)
+        try:
+            with torch.autocast(
+                self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None
+            ):
+                logits = self.model(batch)
+            assert batch.tgt_out is not None
+            loss = sequence_loss(logits, batch.tgt_out, self.config.label_smoothing)
+            (loss / n_tokens).backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(),
+                self.config.clip_norm if self.config.clip_norm > 0 else math.inf,
+            )
+        except RuntimeError as exc:
+            if not _is_oom(exc):
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.progress.skipped_steps += 1
+            log.warning(
+                "step %d: out of memory on a batch of %d sentences; batch skipped",
+                self.progress.step + 1,
+                len(batch_indices),
+            )
+            return math.nan, n_tokens
+        loss_value = float(loss.detach())
+        if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.progress.bad_steps_in_a_row += 1
+            self.progress.skipped_steps += 1
+            log.warning(
+                "step %d: non-finite loss or gradient; update skipped (%d in a row)",
+                self.progress.step + 1,
+                self.progress.bad_steps_in_a_row,
+            )
+            if self.progress.bad_steps_in_a_row >= self.config.max_bad_steps:
+                raise TrainingError(
+                    f"{self.progress.bad_steps_in_a_row} non-finite losses in a row at step "
+                    f"{self.progress.step + 1}; stopping (lower train.learning_rate?)"
+                )
+            return math.nan, n_tokens
+        self.progress.bad_steps_in_a_row = 0
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, n_tokens
+
+    # ----- validation ----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def validation_loss(self) -> tuple[float, float]:
+        """Per-token cross-entropy (no smoothing) and perplexity on the validation split."""
+        self.model.eval()
+        valid = self.data.valid
+        src = self.tokenizer.encode_source(valid.source)
+        tgt = self.tokenizer.encode_target(valid.target)
+        order = sorted(range(len(src)), key=lambda i: len(src[i]))
+        total, tokens = 0.0, 0
+        size = self.recipe.decode.batch_size
+        for start in range(0, len(order), size):
+            idx = order[start : start + size]
+            batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx]).to(self.device)
+            with torch.autocast(
+                self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None
+            ):
+                logits = self.model(batch)
+            assert batch.tgt_out is not None
+            total += float(sequence_loss(logits, batch.tgt_out, 0.0))
+            tokens += batch.n_target_tokens
+        ce = total / max(tokens, 1)
+        return ce, math.exp(min(ce, 50.0))
+
+    def validate(self) -> dict[str, float]:
+        started = time.perf_counter()
+        ce, ppl = self.validation_loss()
+        d = self.recipe.decode
+        translator = Translator(
+            self.model,
+            self.tokenizer,
+            self.device,
+            SearchSettings(
+                beam_size=self.config.valid_beam_size,
+                length_penalty=d.length_penalty,
+                max_length_ratio=d.max_length_ratio,
+                max_length=d.max_length,
+                batch_size=d.batch_size,
+            ),
+            self.dtype,
+        )
+        hyps = [h[0].text for h in translator.translate(self.data.valid.source)]
+        scores = score_corpus(hyps, self.data.valid.target)
+        self.model.train()
+        return {
+            "valid_loss": round(ce, 4),
+            "valid_ppl": round(ppl, 3),
+            "valid_bleu": scores["bleu"].score,
+            "valid_chrf": scores["chrf"].score,
+            "valid_seconds": round(time.perf_counter() - started, 1),
+        }
+
+    def after_validation(self, metrics: dict[str, float]) -> bool:
+        """Track the best BLEU, decay the learning rate on plateaus; True = stop early."""
+        p, c = self.progress, self.config
+        if metrics["valid_bleu"] > p.best_bleu:
+            p.best_bleu, p.best_step = metrics["valid_bleu"], p.step
+            p.validations_without_gain = p.validations_since_decay = 0
+            self.save_best(metrics)
+        else:
+            p.validations_without_gain += 1
+            p.validations_since_decay += 1
+            if p.validations_since_decay >= c.lr_patience:
+                p.lr_scale *= c.lr_decay_factor
+                p.validations_since_decay = 0
+                log.info(
+                    "validation BLEU did not improve for %d validations: lr -> %.2e",
+                    c.lr_patience,
+                    learning_rate(c, p),
+                )
+        return p.validations_without_gain >= c.patience
+
+    # ----- the loop ------------------------------------------------------------------------
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def total_steps(self) -> int:
+        per_epoch = len(self.batches.epoch(0))
+        by_epochs = per_epoch * self.config.max_epochs
+        return min(by_epochs, self.config.max_steps) if self.config.max_steps else by_epochs
+
+    def fit(self) -> Progress:
+        c, p = self.config, self.progress
+        if p.finished:
+            log.info("this run already finished at step %d", p.step)
+            return p
+        log.info(
+            "model: %s parameters; %d training pairs (%d skipped as empty or too long); device %s",
+            f"{count_parameters(self.model):,}",
+            len(self.data.source_ids),
+            self.data.skipped_long,
+            self.device,
+        )
+        total = self.total_steps()
+        window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+        last_validated = p.step if p.step > 0 else -1
+        from rich.progress import (
+            BarColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import (
+            Progress as Bar,
+        )
+
+        bar = Bar(
+            TextColumn("step {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not self.progress_bar,
+            transient=True,
+        )
+        task = bar.add_task("train", total=total, completed=p.step, info="")
+        stop_reason = ""
+        with self.stop_request.installed(), bar:
+            while not p.finished:
+                if p.epoch >= c.max_epochs:
+                    stop_reason = f"reached train.max_epochs {c.max_epochs}"
+                    break
+                order = self.batches.epoch(p.epoch)
+                while p.batch_in_epoch < len(order):
+                    step_start = time.perf_counter()
+                    loss, n_tokens = self.train_step(order[p.batch_in_epoch])
+                    p.batch_in_epoch += 1
+                    p.step += 1
+                    p.train_seconds += time.perf_counter() - step_start
+                    if math.isfinite(loss):
+                        window_loss += loss
+                        window_tokens += n_tokens
+                    if self.on_step is not None:
+                        self.on_step(self)
+                    elapsed = time.perf_counter() - window_start
+                    if p.step % c.log_every == 0 and window_tokens:
+                        record = {
+                            "step": p.step,
+                            "epoch": p.epoch,
+                            "train_loss": round(window_loss / window_tokens, 4),
+                            "lr": learning_rate(c, p),
+                            "tokens_per_s": round(window_tokens / elapsed, 1),
+                        }
+                        self._write_metrics(record)
+                        log.info(
+                            "step %d  loss %.4f  lr %.2e  %.0f tok/s",
+                            p.step,
+                            record["train_loss"],
+                            record["lr"],
+                            record["tokens_per_s"],
+                        )
+                        bar.update(
+                            task,
+                            info=f"loss {record['train_loss']:.3f} lr {record['lr']:.1e} "
+                            f"{record['tokens_per_s']:.0f} tok/s",
+                        )
+                        window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+                    bar.update(task, completed=p.step)
+                    if p.step % c.validate_every == 0:
+                        last_validated = p.step
+                        if self._validate_and_save():
+                            stop_reason = f"no better validation BLEU in {c.patience} validations"
+                            p.finished = True
+                            break
+                        window_start = time.perf_counter()
+                    if c.max_steps is not None and p.step >= c.max_steps:
+                        stop_reason = f"reached train.max_steps {c.max_steps}"
+                        p.finished = True
+                        break
+                    if self.stop_request:
+                        path = self.save_checkpoint()
+                        log.warning(
+                            "%s received: stopped after step %d, checkpoint %s; continue "
+                            "with --resume",
+                            self.stop_request.signal_name,
+                            p.step,
+                            path,
+                        )
+                        return p
+                else:
+                    p.epoch += 1
+                    p.batch_in_epoch = 0
+        if last_validated != p.step:
+            p.finished = True
+            self._validate_and_save()
+        else:
+            p.finished = True
+            self.save_checkpoint()
+        log.info(
+            "training finished at step %d: %s; best validation BLEU %.2f at step %d",
+            p.step,
+            stop_reason or "done",
+            p.best_bleu,
+            p.best_step,
+        )
+        return p
+
+    def _validate_and_save(self) -> bool:
+        p = self.progress
+        metrics = self.validate()
+        stop = self.after_validation(metrics)
+        record = {
+            "step": p.step,
+            "epoch": p.epoch,
+            **metrics,
+            "best_bleu": p.best_bleu,
+            "lr": learning_rate(self.config, p),
+            "train_minutes": round(p.train_seconds / 60, 2),
+        }
+        self._write_metrics(record)
+        log.info(
+            "validation at step %d: loss %.4f  ppl %.2f  BLEU %.2f  chrF %.2f  (best %.2f at %d)",
+            p.step,
+            metrics["valid_loss"],
+            metrics["valid_ppl"],
+            metrics["valid_bleu"],
+            metrics["valid_chrf"],
+            p.best_bleu,
+            p.best_step,
+        )
+        self.save_checkpoint(metrics)
+        return stop

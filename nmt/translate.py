@@ -1,0 +1,148 @@
+"""Text in, text out: tokenize, sort by length, search in batches, detokenize, restore order.
+
+Empty (or whitespace-only) lines never reach the model and translate to empty lines. Sources longer
+than `max_source_tokens` are truncated with a warning that names the line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+
+import torch
+
+from nmt.batching import make_batch
+from nmt.model import Seq2Seq
+from nmt.search import Hypothesis, beam_search, greedy
+from nmt.textio import one_line
+from nmt.tokenizer import EOS_ID, Tokenizer
+
+log = logging.getLogger("nmt")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    beam_size: int = 5
+    n_best: int = 1
+    length_penalty: float = 0.6
+    max_length_ratio: float = 2.0
+    max_length: int = 256
+    batch_size: int = 64
+    max_source_tokens: int = 250
+
+    def __post_init__(self) -> None:
+        from nmt.errors import InputError  # option errors read like input errors on the CLI
+
+        if self.beam_size < 1:
+            raise InputError(f"--beam-size must be at least 1, got {self.beam_size}")
+        if not 1 <= self.n_best <= self.beam_size:
+            raise InputError(
+                f"--n-best must lie between 1 and --beam-size ({self.beam_size}), got {self.n_best}"
+            )
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.max_length_ratio <= 0:
+            raise InputError(f"--max-length-ratio must be positive, got {self.max_length_ratio}")
+        if self.length_penalty < 0:
+            raise InputError(f"--length-penalty must not be negative, got {self.length_penalty}")
+        if self.max_source_tokens < 1 or self.max_length < 1:
+            raise InputError("--max-source-tokens and --max-length must be at least 1")
+
+
+@dataclass(frozen=True)
+class Translation:
+    text: str
+    score: float  # normalized log-probability; 0.0 for an empty source
+
+
+class Translator:
+    def __init__(
+        self,
+        model: Seq2Seq,
+        tokenizer: Tokenizer,
+        device: torch.device,
+        settings: SearchSettings,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.settings = settings
+        self.autocast_dtype = autocast_dtype
+
+    def _search(self, ids: list[list[int]]) -> list[list[Hypothesis]]:
+        s = self.settings
+        batch = make_batch(ids).to(self.device)
+        with torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.bfloat16,
+            enabled=self.autocast_dtype is not None,
+        ):
+            if s.beam_size == 1:
+                return [
+                    [h]
+                    for h in greedy(
+                        self.model,
+                        batch,
+                        max_length_ratio=s.max_length_ratio,
+                        max_length=s.max_length,
+                        length_penalty_alpha=s.length_penalty,
+                    )
+                ]
+            return beam_search(
+                self.model,
+                batch,
+                beam_size=s.beam_size,
+                n_best=s.n_best,
+                length_penalty_alpha=s.length_penalty,
+                max_length_ratio=s.max_length_ratio,
+                max_length=s.max_length,
+            )
+
+    def translate(self, lines: list[str], first_line_number: int = 1) -> list[list[Translation]]:
+        """n-best translations of each line, in input order."""
+        s = self.settings
+        results: list[list[Translation]] = [[Translation("", 0.0)] for _ in lines]
+        todo = [i for i, line in enumerate(lines) if line.strip()]
+        encoded = self.tokenizer.encode_source([lines[i] for i in todo])
+        for i, ids in zip(todo, encoded, strict=True):
+            if len(ids) > s.max_source_tokens:
+                log.warning(
+                    "line %d: %d source tokens, truncated to --max-source-tokens %d",
+                    first_line_number + i,
+                    len(ids) - 1,
+                    s.max_source_tokens,
+                )
+        encoded = [
+            ids if len(ids) <= s.max_source_tokens else [*ids[: s.max_source_tokens - 1], EOS_ID]
+            for ids in encoded
+        ]
+        order = sorted(range(len(todo)), key=lambda j: len(encoded[j]), reverse=True)
+        for start in range(0, len(order), s.batch_size):
+            chunk = order[start : start + s.batch_size]
+            found = self._search([encoded[j] for j in chunk])
+            for j, hyps in zip(chunk, found, strict=True):
+                texts = self.tokenizer.decode_target([h.tokens for h in hyps])
+                results[todo[j]] = [
+                    Translation(one_line(t), h.normalized_score)
+                    for t, h in zip(texts, hyps, strict=True)
+                ]
+        return results
+
+    def translate_stream(
+        self, lines: Iterable[str], write: Callable[[str], object], chunk_lines: int = 2000
+    ) -> int:
+        """Translate a stream chunk by chunk (memory stays flat); returns the number of lines."""
+        n = 0
+        iterator: Iterator[str] = iter(lines)
+        while chunk := list(islice(iterator, chunk_lines)):
+            for k, hyps in enumerate(self.translate(chunk, first_line_number=n + 1)):
+                if self.settings.n_best == 1:
+                    write(hyps[0].text + "\n")
+                else:
+                    for h in hyps:
+                        write(f"{n + k} ||| {h.text} ||| {h.score:.4f}\n")
+            n += len(chunk)
+        return n

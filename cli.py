@@ -40,14 +40,16 @@ class Precision(str, Enum):
 
 
 def _setup_logging(level: int = logging.INFO) -> None:
+    """Library log records go to the current stderr (replaced on every call, as tests swap it)."""
     logger = logging.getLogger("nmt")
     logger.setLevel(logging.INFO)
-    if not any(getattr(h, "_nmt_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.setLevel(level)
-        handler._nmt_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    for old in [h for h in logger.handlers if getattr(h, "_nmt_cli", False)]:
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(level)
+    handler._nmt_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
     logger.propagate = False
 
 

@@ -6,6 +6,7 @@ wrong types and out-of-range values with a `RecipeError` that names the key and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -228,6 +229,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise RecipeError(key, f"expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RecipeError(key, f"expected a number, got {value!r}")
         return float(value)

@@ -48,6 +48,13 @@ def _train_model(sentences: Sequence[str], config: TokenizerConfig, seed: int) -
         )
     except RuntimeError as exc:
         message = str(exc)
+        if "smaller than required_chars" in message:
+            needed = message.split(" vs ")[-1].split(".")[0]
+            raise RecipeError(
+                "tokenizer.vocab_size",
+                f"{config.vocab_size} is too small: the training text needs at least {needed} "
+                "pieces for its characters (or lower tokenizer.character_coverage)",
+            ) from None
         if "Vocabulary size" in message or "vocab_size" in message:
             hint = message.split("Please set it to a value")[-1].strip(" .")
             raise RecipeError(

@@ -198,14 +198,14 @@ class Trainer:
     def train_step(self, batch_indices: list[int]) -> tuple[float, int]:
         """Returns (summed loss, target tokens); a skipped update returns (nan, tokens)."""
         d = self.data
-        batch = make_batch(
-            [d.source_ids[i] for i in batch_indices], [d.target_ids[i] for i in batch_indices]
-        ).to(self.device)
-        n_tokens = batch.n_target_tokens
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.progress)
+        n_tokens = sum(len(d.target_ids[i]) + 1 for i in batch_indices)
         try:
+            batch = make_batch(
+                [d.source_ids[i] for i in batch_indices], [d.target_ids[i] for i in batch_indices]
+            ).to(self.device)
             with torch.autocast(
                 self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None
             ):

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from nmt.batching import make_batch
+from nmt.errors import RecipeError
+from nmt.model import build_model
+from nmt.recipe import ModelConfig
+from nmt.tokenizer import BOS_ID
+
+from .conftest import synthetic_pairs, tiny_model
+
+CONFIGS = [
+    {"cell": cell, "attention": att, "input_feeding": feed}
+    for cell in ("lstm", "gru", "rnn")
+    for att in ("luong", "bahdanau")
+    for feed in (True, False)
+]
+
+
+def _batch(tokenizer, n=4, seed=0):
+    src, tgt = synthetic_pairs(n, seed)
+    return make_batch(tokenizer.encode_source(src), tokenizer.encode_target(tgt))
+
+
+@pytest.mark.parametrize("changes", CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_teacher_forcing_equals_step_by_step(toy_tokenizer, changes) -> None:
+    """forward() (looped or fused over time) must match decoding one step at a time."""
+    model = tiny_model(toy_tokenizer, encoder_layers=2, decoder_layers=2, **changes)
+    batch = _batch(toy_tokenizer)
+    logits = model(batch)  # (B, T, V)
+    assert logits.shape == (*batch.tgt_in.shape, toy_tokenizer.target_vocab_size)
+    memory, state = model.encode(batch.src, batch.src_lengths)
+    for t in range(batch.tgt_in.size(1)):
+        step_logits, state, _ = model.decoder.step(batch.tgt_in[:, t], state, memory)
+        torch.testing.assert_close(step_logits, logits[:, t], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "changes", CONFIGS[::3], ids=lambda c: "-".join(str(v) for v in c.values())
+)
+def test_padding_does_not_change_results(toy_tokenizer, changes) -> None:
+    model = tiny_model(toy_tokenizer, **changes)
+    src, tgt = synthetic_pairs(6, seed=3)
+    s_ids, t_ids = toy_tokenizer.encode_source(src), toy_tokenizer.encode_target(tgt)
+    together = model(make_batch(s_ids, t_ids))
+    for i in range(len(src)):
+        alone = model(make_batch([s_ids[i]], [t_ids[i]]))[0]
+        torch.testing.assert_close(together[i, : alone.size(0)], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_only_in_training(toy_tokenizer) -> None:
+    model = tiny_model(toy_tokenizer, dropout=0.5, word_dropout=0.3)
+    batch = _batch(toy_tokenizer)
+    model.eval()
+    torch.testing.assert_close(model(batch), model(batch))
+    model.train()
+    assert not torch.allclose(model(batch), model(batch))
+
+
+def test_tied_weights(toy_tokenizer) -> None:
+    model = tiny_model(toy_tokenizer, tie_embeddings=True, tie_output=True)
+    assert model.decoder.output.weight is model.decoder.embeddings.table.weight
+    assert model.encoder.embeddings.table is model.decoder.embeddings.table
+    untied = tiny_model(toy_tokenizer, tie_output=False)
+    assert untied.decoder.output.weight is not untied.decoder.embeddings.table.weight
+
+
+def test_gradients_reach_every_parameter(toy_tokenizer) -> None:
+    model = tiny_model(toy_tokenizer).train()
+    batch = _batch(toy_tokenizer)
+    model(batch).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert missing == []
+
+
+def test_bad_architectures() -> None:
+    with pytest.raises(RecipeError, match="luong_score"):
+        build_model(
+            ModelConfig(luong_score="dot", encoder_hidden_size=8, decoder_hidden_size=10), 50, 50
+        )
+    with pytest.raises(RecipeError, match="tie_embeddings"):
+        build_model(ModelConfig(tie_embeddings=True), 50, 60)
+
+
+def test_decode_step_gives_log_probabilities(toy_tokenizer) -> None:
+    model = tiny_model(toy_tokenizer)
+    batch = _batch(toy_tokenizer)
+    memory, state = model.encode(batch.src, batch.src_lengths)
+    log_probs, _ = model.decode_step(torch.full((batch.size,), BOS_ID), state, memory)
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(batch.size))

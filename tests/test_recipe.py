@@ -1,0 +1,108 @@
+from pathlib import Path
+
+import pytest
+
+from nmt import recipe
+from nmt.errors import RecipeError
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_shipped_recipes_load(path: Path) -> None:
+    rec = recipe.load(path)
+    assert rec.name == path.stem
+
+
+def test_defaults_and_override_types() -> None:
+    rec = recipe.from_dict(
+        {},
+        [
+            "model.decoder_hidden_size=128",
+            "model.cell=gru",
+            "train.learning_rate=1e-4",
+            "model.input_feeding=false",
+            "data.test_splits=[test, test_2017]",
+        ],
+    )
+    assert rec.model.decoder_hidden_size == 128
+    assert rec.model.cell == "gru"
+    assert rec.train.learning_rate == pytest.approx(1e-4)
+    assert rec.model.input_feeding is False
+    assert rec.data.test_splits == ["test", "test_2017"]
+    assert rec.model.embedding_size == recipe.ModelConfig().embedding_size
+
+
+def test_integer_accepted_where_float_expected() -> None:
+    rec = recipe.from_dict({"train": {"learning_rate": 1}})
+    assert isinstance(rec.train.learning_rate, float)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "fragment"),
+    [
+        ({"modle": {}}, "modle", "allowed: name, seed, data"),
+        ({"model": {"hidden": 3}}, "model.hidden", "allowed: cell"),
+        ({"model": {"cell": "transformer"}}, "model.cell", "allowed: lstm, gru, rnn"),
+        ({"model": {"attention": "dot"}}, "model.attention", "allowed: bahdanau, luong"),
+        ({"model": {"embedding_size": "big"}}, "model.embedding_size", "expected an integer"),
+        ({"model": {"embedding_size": 2.5}}, "model.embedding_size", "expected an integer"),
+        ({"model": {"embedding_size": -4}}, "model.embedding_size", "greater than 0"),
+        ({"model": {"dropout": 1.5}}, "model.dropout", "between 0 and 1"),
+        ({"model": {"input_feeding": "yes"}}, "model.input_feeding", "true or false"),
+        ({"train": {"learning_rate": "fast"}}, "train.learning_rate", "expected a number"),
+        ({"train": {"batch_tokens": 0}}, "train.batch_tokens", "greater than 0"),
+        ({"train": {"max_steps": -1}}, "train.max_steps", "greater than 0"),
+        ({"train": {"precision": "fp16"}}, "train.precision", "allowed: fp32, bf16"),
+        ({"train": {"warmup_steps": -5}}, "train.warmup_steps", "not be negative"),
+        ({"tokenizer": {"type": "wordpiece"}}, "tokenizer.type", "allowed: unigram, bpe"),
+        ({"tokenizer": {"vocab_size": True}}, "tokenizer.vocab_size", "expected an integer"),
+        ({"decode": {"beam_size": 0}}, "decode.beam_size", "greater than 0"),
+        ({"data": {"test_splits": "test"}}, "data.test_splits", "a list of str"),
+        ({"data": {"dataset": 5}}, "data.dataset", "expected a string"),
+        ({"model": 3}, "model", "expected a mapping"),
+        ({"seed": "x"}, "seed", "expected an integer"),
+        (
+            {"expected": [{"split": "test", "metric": "ter"}]},
+            "expected[0].metric",
+            "allowed: bleu, bleu_lc, chrf",
+        ),
+        ({"expected": [{"split": "dev"}]}, "expected[0].split", "unknown split"),
+        (
+            {"model": {"tie_embeddings": True}, "tokenizer": {"joint": False}},
+            "model.tie_embeddings",
+            "joint",
+        ),
+    ],
+)
+def test_bad_recipes_name_the_key(raw: dict, key: str, fragment: str) -> None:
+    with pytest.raises(RecipeError) as info:
+        recipe.from_dict(raw)
+    message = str(info.value)
+    assert f"'{key}'" in message
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_bad_override_syntax() -> None:
+    with pytest.raises(RecipeError, match=r"section\.key=value"):
+        recipe.from_dict({}, ["model.cell"])
+    with pytest.raises(RecipeError, match=r"'model\.cell'"):
+        recipe.from_dict({}, ["model.cell.x=1"])
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="not found"):
+        recipe.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        recipe.load(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(RecipeError, match="mapping"):
+        recipe.load(listy)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(RecipeError, match="cannot read"):
+        recipe.load(binary)

@@ -1,0 +1,136 @@
+import math
+from typing import ClassVar
+
+import pytest
+import torch
+
+from nmt.batching import make_batch
+from nmt.decoder import DecoderState, Memory
+from nmt.search import beam_search, greedy, length_penalty, max_output_lengths
+from nmt.tokenizer import BOS_ID, EOS_ID
+
+from .conftest import synthetic_pairs, tiny_model
+
+A, B = 4, 5  # two ordinary tokens of the scripted model
+
+
+class ScriptedModel:
+    """A fake model whose next-token probabilities depend on the prefix, so beams can be
+    computed by hand. Unscripted prefixes end with probability 0.9."""
+
+    vocab = 6
+    script: ClassVar[dict[tuple[int, ...], dict[int, float]]] = {
+        (): {A: 0.6, B: 0.3, EOS_ID: 0.1},
+        (A,): {A: 0.4, B: 0.35, EOS_ID: 0.25},
+        (B,): {A: 0.9, B: 0.05, EOS_ID: 0.05},
+    }
+    default: ClassVar[dict[int, float]] = {EOS_ID: 0.9, A: 0.05, B: 0.05}
+
+    def encode(self, src, lengths):
+        n = src.size(0)
+        memory = Memory(
+            torch.zeros(n, 1, 1), torch.zeros(n, 1, 1), torch.ones(n, 1, dtype=torch.bool)
+        )
+        return memory, DecoderState(torch.zeros(1, n, 32, dtype=torch.long), None)
+
+    def decode_step(self, tokens, state, memory):
+        hidden = state.hidden.clone()  # (1, N, 32): [length, t1, t2, ...]
+        out = torch.full((tokens.size(0), self.vocab), math.log(1e-9))
+        for row, token in enumerate(tokens.tolist()):
+            length = int(hidden[0, row, 0])
+            if token != BOS_ID:
+                hidden[0, row, 1 + length] = token
+                length += 1
+                hidden[0, row, 0] = length
+            prefix = tuple(hidden[0, row, 1 : 1 + length].tolist())
+            for tok, p in self.script.get(prefix, self.default).items():
+                out[row, tok] = math.log(p)
+        return out, DecoderState(hidden, None)
+
+
+def _scripted_batch(n=1):
+    return make_batch([[A, A, A, EOS_ID]] * n)
+
+
+def test_scripted_beam_search_finds_what_greedy_misses() -> None:
+    model = ScriptedModel()
+    (hyps,) = beam_search(model, _scripted_batch(), beam_size=2, n_best=2, length_penalty_alpha=0.0)
+    assert [h.tokens for h in hyps] == [[B, A], [A, A]]
+    assert hyps[0].score == pytest.approx(math.log(0.3 * 0.9 * 0.9))
+    assert hyps[1].score == pytest.approx(math.log(0.6 * 0.4 * 0.9))
+    (g,) = greedy(model, _scripted_batch())
+    assert g.tokens == [A, A]
+    assert g.score == pytest.approx(math.log(0.6 * 0.4 * 0.9))
+
+
+def test_scripted_length_penalty() -> None:
+    (hyps,) = beam_search(
+        ScriptedModel(), _scripted_batch(), beam_size=2, n_best=2, length_penalty_alpha=1.0
+    )
+    for h in hyps:
+        assert h.normalized_score == pytest.approx(h.score / ((5 + len(h.tokens) + 1) / 6))
+    assert length_penalty(3, 0.0) == 1.0
+    assert length_penalty(7, 1.0) == pytest.approx(2.0)
+
+
+def test_max_length_forces_eos() -> None:
+    model = ScriptedModel()
+    model.default = {A: 0.95, EOS_ID: 0.05}  # type: ignore[misc]  # would go on for ever
+    batch = _scripted_batch()
+    limit = max_output_lengths(batch.src_lengths, 1.0, 6)[0]
+    assert limit == 6
+    (hyps,) = beam_search(model, batch, beam_size=3, max_length_ratio=1.0, max_length=6)
+    assert len(hyps[0].tokens) <= 6
+    (g,) = greedy(model, batch, max_length_ratio=1.0, max_length=6)
+    assert len(g.tokens) == 6
+
+
+@pytest.mark.parametrize(
+    "changes", [{}, {"attention": "bahdanau", "cell": "gru"}, {"input_feeding": False}]
+)
+def test_beam_one_equals_greedy(toy_tokenizer, changes) -> None:
+    model = tiny_model(toy_tokenizer, **changes)
+    with torch.no_grad():  # make EOS likely enough that some sentences end early
+        model.decoder.output.weight[EOS_ID] *= 3
+    src, _ = synthetic_pairs(12, seed=4)
+    batch = make_batch(toy_tokenizer.encode_source(src))
+    for alpha in (0.0, 0.6):
+        g = greedy(model, batch, length_penalty_alpha=alpha)
+        b = beam_search(model, batch, beam_size=1, length_penalty_alpha=alpha)
+        assert [h.tokens for h in g] == [h[0].tokens for h in b]
+        for gh, (bh,) in zip(g, b, strict=True):
+            assert gh.score == pytest.approx(bh.score, abs=1e-4)
+            assert gh.normalized_score == pytest.approx(bh.normalized_score, abs=1e-4)
+
+
+def test_n_best_sorted_and_distinct(toy_tokenizer) -> None:
+    model = tiny_model(toy_tokenizer, seed=1)
+    src, _ = synthetic_pairs(5, seed=6)
+    batch = make_batch(toy_tokenizer.encode_source(src))
+    for hyps in beam_search(model, batch, beam_size=4, n_best=4):
+        scores = [h.normalized_score for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in hyps}) == len(hyps) == 4
+
+
+def test_batch_equals_one_by_one(toy_tokenizer) -> None:
+    model = tiny_model(toy_tokenizer, seed=2)
+    with torch.no_grad():
+        model.decoder.output.weight[EOS_ID] *= 3
+    src, _ = synthetic_pairs(7, seed=7)
+    ids = toy_tokenizer.encode_source(src)
+    together = beam_search(model, make_batch(ids), beam_size=3, n_best=2)
+    for i, one in enumerate(ids):
+        (alone,) = beam_search(model, make_batch([one]), beam_size=3, n_best=2)
+        assert [h.tokens for h in alone] == [h.tokens for h in together[i]]
+        for a, t in zip(alone, together[i], strict=True):
+            assert a.score == pytest.approx(t.score, abs=1e-4)
+
+
+def test_bad_arguments(toy_tokenizer) -> None:
+    model = tiny_model(toy_tokenizer)
+    batch = make_batch(toy_tokenizer.encode_source(["der hund"]))
+    with pytest.raises(ValueError, match="beam size"):
+        beam_search(model, batch, beam_size=0)
+    with pytest.raises(ValueError, match="n-best"):
+        beam_search(model, batch, beam_size=2, n_best=3)

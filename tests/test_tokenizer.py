@@ -1,0 +1,58 @@
+import pytest
+
+from nmt.errors import CheckpointError, RecipeError
+from nmt.recipe import TokenizerConfig
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+
+from .conftest import synthetic_pairs
+
+
+def test_round_trip_and_special_ids(toy_tokenizer: Tokenizer) -> None:
+    src, tgt = synthetic_pairs(20, seed=5)
+    ids = toy_tokenizer.encode_target(tgt)
+    assert toy_tokenizer.decode_target(ids) == tgt
+    assert all(i not in (PAD_ID, BOS_ID, EOS_ID) for seq in ids for i in seq)
+    encoded_src = toy_tokenizer.encode_source(src)
+    assert all(seq[-1] == EOS_ID for seq in encoded_src)
+    assert toy_tokenizer.joint and toy_tokenizer.source_vocab_size == 60
+
+
+def test_unknown_characters_map_to_unk(toy_tokenizer: Tokenizer) -> None:
+    (ids,) = toy_tokenizer.encode_target(["漢字"])
+    assert UNK_ID in ids
+
+
+def test_separate_models_and_state_dict(tmp_path) -> None:
+    src, tgt = synthetic_pairs(300)
+    tok = Tokenizer.train(src, tgt, TokenizerConfig(type="bpe", vocab_size=80, joint=False), 0)
+    assert not tok.joint
+    again = Tokenizer.from_state_dict(tok.state_dict())
+    assert again.encode_source(src[:5]) == tok.encode_source(src[:5])
+    assert again.encode_target(tgt[:5]) == tok.encode_target(tgt[:5])
+    assert {p.name for p in tok.save(tmp_path)} == {"spm.source.model", "spm.target.model"}
+
+
+def test_training_is_deterministic() -> None:
+    src, tgt = synthetic_pairs(300)
+    config = TokenizerConfig(vocab_size=50)
+    assert (
+        Tokenizer.train(src, tgt, config, 3).source_model
+        == Tokenizer.train(src, tgt, config, 3).source_model
+    )
+
+
+def test_vocab_too_large_names_the_key() -> None:
+    src, tgt = synthetic_pairs(30)
+    with pytest.raises(RecipeError, match=r"'tokenizer\.vocab_size': 50000 is too large"):
+        Tokenizer.train(src, tgt, TokenizerConfig(vocab_size=50000), 0)
+
+
+def test_damaged_model_bytes() -> None:
+    with pytest.raises(CheckpointError, match="damaged"):
+        Tokenizer(b"not a sentencepiece model")
+
+
+def test_vocab_too_small_names_the_key() -> None:
+    src, tgt = synthetic_pairs(100)
+    with pytest.raises(RecipeError, match=r"'tokenizer\.vocab_size': 10 is too small"):
+        Tokenizer.train(src, tgt, TokenizerConfig(vocab_size=10), 0)

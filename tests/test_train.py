@@ -1,0 +1,233 @@
+import json
+import math
+
+import pytest
+import torch
+
+from nmt import api
+from nmt import checkpoint as ckpt
+from nmt import train as train_mod
+from nmt.errors import CheckpointError, TrainingError
+from nmt.recipe import from_dict
+
+from .conftest import toy_recipe
+
+
+def _params(run_dir, name=None):
+    path = run_dir / name if name else ckpt.step_checkpoints(run_dir)[-1]
+    return ckpt.read(path)["model"]
+
+
+def test_run_directory_contents(tmp_path, toy_dataset) -> None:
+    progress = api.train(
+        from_dict(toy_recipe()), tmp_path / "run", data_dir=toy_dataset, progress_bar=False
+    )
+    run = tmp_path / "run"
+    assert progress.step == 12 and progress.finished
+    names = {p.name for p in run.iterdir()}
+    assert {"best.pt", "metrics.jsonl", "train.log", "recipe.yaml", "spm.model"} <= names
+    assert [p.name for p in ckpt.step_checkpoints(run)] == ["step-00000008.pt", "step-00000012.pt"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    validations = [r for r in records if "valid_bleu" in r]
+    assert [r["step"] for r in validations] == [4, 8, 12]
+    assert all({"valid_loss", "valid_ppl", "valid_chrf", "lr"} <= r.keys() for r in validations)
+    assert any("tokens_per_s" in r for r in records)
+    best = ckpt.read(run / "best.pt")
+    assert "training" not in best and best["metrics"]["valid_bleu"] == progress.best_bleu
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, toy_dataset) -> None:
+    rec = from_dict(toy_recipe(train={"max_steps": 4}))
+    api.train(rec, tmp_path, data_dir=toy_dataset, progress_bar=False)
+    with pytest.raises(TrainingError, match="already holds a run; use --resume"):
+        api.train(rec, tmp_path, data_dir=toy_dataset, progress_bar=False)
+    api.train(rec, tmp_path, data_dir=toy_dataset, progress_bar=False, overwrite=True)
+    assert [p.name for p in ckpt.step_checkpoints(tmp_path)] == ["step-00000004.pt"]
+
+
+def test_same_seed_same_parameters(tmp_path, toy_dataset) -> None:
+    rec = from_dict(toy_recipe(train={"max_steps": 6}))
+    api.train(rec, tmp_path / "a", data_dir=toy_dataset, progress_bar=False)
+    api.train(rec, tmp_path / "b", data_dir=toy_dataset, progress_bar=False)
+    a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = from_dict(toy_recipe(seed=4, train={"max_steps": 6}))
+    api.train(other, tmp_path / "c", data_dir=toy_dataset, progress_bar=False)
+    c = _params(tmp_path / "c")
+    assert not all(torch.equal(a[k], c[k]) for k in a if a[k].shape == c[k].shape)
+
+
+def test_interrupted_and_resumed_run_continues_the_same_trajectory(tmp_path, toy_dataset) -> None:
+    """A stop request (as from SIGINT/SIGTERM) at step 5 then --resume == one uninterrupted run."""
+    rec = from_dict(toy_recipe())
+    api.train(rec, tmp_path / "straight", data_dir=toy_dataset, progress_bar=False)
+
+    def interrupt(trainer) -> None:
+        if trainer.progress.step == 5:
+            trainer.stop_request.signal_name = "SIGTERM"
+
+    first = api.train(
+        rec, tmp_path / "resumed", data_dir=toy_dataset, progress_bar=False, trainer_hook=interrupt
+    )
+    assert first.step == 5 and not first.finished
+    assert [p.name for p in ckpt.step_checkpoints(tmp_path / "resumed")][-1] == "step-00000005.pt"
+    second = api.train(
+        rec, tmp_path / "resumed", data_dir=toy_dataset, progress_bar=False, resume=True
+    )
+    assert second.step == 12 and second.finished
+    a, b = _params(tmp_path / "straight"), _params(tmp_path / "resumed")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert (
+        json.loads((tmp_path / "straight/metrics.jsonl").read_text().splitlines()[-1])["valid_loss"]
+        == json.loads((tmp_path / "resumed/metrics.jsonl").read_text().splitlines()[-1])[
+            "valid_loss"
+        ]
+    )
+
+
+def test_non_finite_losses_are_skipped_then_stop(tmp_path, toy_dataset, monkeypatch) -> None:
+    real = train_mod.sequence_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(logits, targets, smoothing):
+        calls["n"] += 1
+        loss = real(logits, targets, smoothing)
+        return loss * math.nan if calls["n"] in (2, 3) else loss
+
+    monkeypatch.setattr(train_mod, "sequence_loss", sometimes_nan)
+    progress = api.train(
+        from_dict(toy_recipe(train={"max_steps": 6, "validate_every": 100})),
+        tmp_path / "a",
+        data_dir=toy_dataset,
+        progress_bar=False,
+    )
+    assert progress.skipped_steps == 2 and progress.step == 6
+    assert all(torch.isfinite(v).all() for v in _params(tmp_path / "a").values())
+
+    monkeypatch.setattr(train_mod, "sequence_loss", lambda *a: real(*a) * math.nan)
+    with pytest.raises(TrainingError, match="3 non-finite losses in a row"):
+        api.train(
+            from_dict(toy_recipe(train={"max_bad_steps": 3})),
+            tmp_path / "b",
+            data_dir=toy_dataset,
+            progress_bar=False,
+        )
+    assert ckpt.step_checkpoints(tmp_path / "b") == []
+
+
+def test_out_of_memory_batch_is_skipped(tmp_path, toy_dataset, monkeypatch) -> None:
+    real = train_mod.Trainer.train_step.__globals__["make_batch"]
+    calls = {"n": 0}
+
+    def oom_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "make_batch", oom_once)
+    progress = api.train(
+        from_dict(toy_recipe(train={"max_steps": 4, "validate_every": 100})),
+        tmp_path,
+        data_dir=toy_dataset,
+        progress_bar=False,
+    )
+    assert progress.step == 4 and progress.skipped_steps == 1
+
+
+def test_init_from_another_model(tmp_path, toy_dataset) -> None:
+    rec = from_dict(toy_recipe(train={"max_steps": 4}))
+    api.train(rec, tmp_path / "parent", data_dir=toy_dataset, progress_bar=False)
+    child = from_dict(
+        toy_recipe(train={"max_steps": 2, "validate_every": 100}, tokenizer={"vocab_size": 55})
+    )
+    api.train(
+        child,
+        tmp_path / "child",
+        data_dir=toy_dataset,
+        progress_bar=False,
+        init_from=tmp_path / "parent",
+    )
+    # The child kept the parent's tokenizer (vocabulary 60, not 55).
+    assert (
+        ckpt.read(ckpt.step_checkpoints(tmp_path / "child")[-1])["model"][
+            "decoder.output.weight"
+        ].shape[0]
+        == 60
+    )
+    wider = from_dict(toy_recipe(model={"decoder_hidden_size": 32}))
+    with pytest.raises(CheckpointError, match="must match the initial model"):
+        api.train(
+            wider,
+            tmp_path / "wider",
+            data_dir=toy_dataset,
+            progress_bar=False,
+            init_from=tmp_path / "parent",
+        )
+
+
+@pytest.mark.usefixtures("multi30k_dir")
+def test_loss_falls_on_a_multi30k_slice(tmp_path, multi30k_dir) -> None:
+    rec = from_dict(
+        toy_recipe(
+            data={
+                "dataset": "bentrevett/multi30k",
+                "max_train_examples": 1000,
+                "max_valid_examples": 50,
+            },
+            tokenizer={"vocab_size": 400},
+            model={"embedding_size": 32, "encoder_hidden_size": 32, "decoder_hidden_size": 64},
+            train={
+                "batch_tokens": 600,
+                "max_steps": 200,
+                "validate_every": 200,
+                "log_every": 20,
+                "learning_rate": 0.003,
+            },
+        )
+    )
+    api.train(rec, tmp_path, data_dir=multi30k_dir, progress_bar=False)
+    losses = [
+        json.loads(line)["train_loss"]
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if "train_loss" in line
+    ]
+    assert len(losses) == 10
+    assert losses[-1] < losses[0] - 1.0
+
+
+@pytest.mark.usefixtures("multi30k_dir")
+def test_overfits_100_pairs(tmp_path, multi30k_dir) -> None:
+    """The 'can it learn' test: 100 training pairs translated back with BLEU > 90."""
+    rec = from_dict(
+        toy_recipe(
+            data={
+                "dataset": "bentrevett/multi30k",
+                "max_train_examples": 100,
+                "max_valid_examples": 100,
+                "valid_split": "train",
+            },
+            tokenizer={"vocab_size": 300},
+            model={
+                "embedding_size": 64,
+                "encoder_hidden_size": 64,
+                "decoder_hidden_size": 128,
+                "dropout": 0.0,
+                "embedding_dropout": 0.0,
+                "word_dropout": 0.0,
+            },
+            train={
+                "batch_tokens": 4000,
+                "max_sentences": 100,
+                "max_steps": 100,
+                "validate_every": 100,
+                "label_smoothing": 0.0,
+                "learning_rate": 0.005,
+                "log_every": 10,
+            },
+            decode={"beam_size": 1, "max_length": 200},
+        )
+    )
+    progress = api.train(rec, tmp_path, data_dir=multi30k_dir, progress_bar=False)
+    assert progress.best_bleu > 90

@@ -1,0 +1,96 @@
+import io
+import logging
+
+import pytest
+
+from nmt.errors import InputError
+from nmt.runtime import resolve_device
+from nmt.textio import LINE_BREAKS, decode_lines, one_line
+from nmt.translate import SearchSettings, Translator
+
+from .conftest import synthetic_pairs, tiny_model
+
+
+@pytest.fixture
+def translator(toy_tokenizer) -> Translator:
+    return Translator(
+        tiny_model(toy_tokenizer),
+        toy_tokenizer,
+        resolve_device("cpu"),
+        SearchSettings(beam_size=2, batch_size=3, max_length=8),
+    )
+
+
+def _run(translator: Translator, lines: list[str]) -> list[str]:
+    out = io.StringIO()
+    n = translator.translate_stream(lines, out.write, chunk_lines=4)
+    assert n == len(lines)
+    return out.getvalue().split("\n")[:-1]
+
+
+def test_one_output_line_per_input_line_in_order(translator) -> None:
+    src, _ = synthetic_pairs(11, seed=2)
+    lines = [src[0], "", src[1], "   ", *src[2:], ""]
+    out = _run(translator, lines)
+    assert len(out) == len(lines)
+    assert out[1] == "" and out[3] == "" and out[-1] == ""
+    # Order: the same sentence translates the same wherever it stands.
+    alone = [_run(translator, [s])[0] for s in src[:3]]
+    assert [out[0], out[2], out[4]] == alone
+
+
+def test_overlong_source_is_truncated_with_warning(translator, caplog) -> None:
+    translator = Translator(
+        translator.model,
+        translator.tokenizer,
+        translator.device,
+        SearchSettings(beam_size=1, max_source_tokens=5, max_length=4),
+    )
+    with caplog.at_level(logging.WARNING, logger="nmt"):
+        out = _run(translator, ["der hund", " ".join(["katze"] * 50)])
+    assert len(out) == 2
+    assert "line 2" in caplog.text and "truncated" in caplog.text
+
+
+def test_n_best_lines(translator) -> None:
+    translator = Translator(
+        translator.model,
+        translator.tokenizer,
+        translator.device,
+        SearchSettings(beam_size=3, n_best=3, max_length=6),
+    )
+    out = _run(translator, ["der hund", "die katze"])
+    assert len(out) == 6
+    assert [line.split(" ||| ")[0] for line in out] == ["0", "0", "0", "1", "1", "1"]
+    scores = [float(line.split(" ||| ")[2]) for line in out[:3]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_decode_lines_handles_line_ends_and_reports_bad_bytes() -> None:
+    data = b"a\r\nb\x0cc\n\nlast"
+    assert list(decode_lines(io.BytesIO(data))) == ["a", "b\x0cc", "", "last"]
+    bad = io.BytesIO(b"ok\nfine\nbad \xff here\n")
+    with pytest.raises(InputError, match=r"^line 3: not valid UTF-8"):
+        list(decode_lines(bad))
+    assert list(decode_lines(io.BytesIO(b"bad \xff\n"), errors="replace")) == ["bad \ufffd"]
+
+
+def test_one_line_removes_every_line_break() -> None:
+    text = "a" + "b".join(LINE_BREAKS) + "c"
+    assert len(("x" + one_line(text) + "y").splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"beam_size": 0}, "--beam-size"),
+        ({"n_best": 3, "beam_size": 2}, "--n-best"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"max_length_ratio": 0}, "--max-length-ratio"),
+        ({"length_penalty": -1}, "--length-penalty"),
+        ({"max_source_tokens": 0}, "--max-source-tokens"),
+    ],
+)
+def test_bad_settings(settings, fragment) -> None:
+    with pytest.raises(InputError, match=fragment):
+        SearchSettings(**settings)

@@ -6,6 +6,7 @@ and logs progress to the "nmt" logger.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,9 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]
             f"run directory {run_dir} already holds a run; use --resume to continue "
             f"it or --overwrite to start again"
         )
+    if not holds_run:  # logs of a run stopped before its first checkpoint start over
+        for name in ("metrics.jsonl", "train.log"):
+            (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return existing
 
@@ -109,6 +113,7 @@ def train(
                 )
             rec = stored
             log.info("resuming %s from step %d", run_dir, payload["step"])
+            _drop_metrics_after(run_dir / "metrics.jsonl", payload["step"])
         seed_everything(rec.seed)
         splits = load_splits(rec.data, [rec.data.train_split, rec.data.valid_split], data_dir)
         train_text, valid_text = splits[rec.data.train_split], splits[rec.data.valid_split]
@@ -154,6 +159,20 @@ def train(
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Records a killed run logged after its last checkpoint are logged again on resume."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+    path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
 
 def _yaml(rec: Recipe) -> str:

@@ -220,7 +220,8 @@ def translate_file(
 ) -> int:
     """Translate a file (or stdin) line by line into a file (or stdout); returns lines written."""
     with open_input(input_path) as stream, open_output(output_path) as out:
-        return translator.translate_stream(decode_lines(stream, errors), out.write)
+        name = "stdin" if input_path is None or str(input_path) == "-" else str(input_path)
+        return translator.translate_stream(decode_lines(stream, errors, name), out.write)
 
 
 def translate_lines(translator: Translator, lines: Sequence[str]) -> list[str]:

@@ -14,6 +14,7 @@ from nmt.errors import DataError
 from nmt.recipe import DataConfig
 
 MIRROR_ENV = "NMT_DATA"
+DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".txt", ".parquet", ".arrow"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ def _load_dataset_dict(location: str, config: DataConfig):  # -> datasets.Datase
     import datasets  # slow to import (about 2 s): only when data is needed
 
     datasets.disable_progress_bars()
+    if Path(location).is_dir():
+        for path in sorted(Path(location).iterdir()):
+            if path.is_file() and path.suffix in DATA_SUFFIXES and path.stat().st_size == 0:
+                raise DataError(f"data file {path} is empty")
     try:
         loaded = datasets.load_dataset(location, config.config)
     except Exception as exc:  # datasets raises many types (ConnectionError, ValueError, ...)

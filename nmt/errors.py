@@ -31,9 +31,10 @@ class CheckpointError(NmtError):
 class InputError(NmtError):
     """Input text that cannot be read, for example bytes that are not UTF-8 on a given line."""
 
-    def __init__(self, message: str, line_number: int | None = None) -> None:
+    def __init__(self, message: str, line_number: int | None = None, source: str = "") -> None:
         self.line_number = line_number
-        prefix = f"line {line_number}: " if line_number is not None else ""
+        prefix = f"{source}: " if source else ""
+        prefix += f"line {line_number}: " if line_number is not None else ""
         super().__init__(prefix + message)
 
 

@@ -27,8 +27,8 @@ def one_line(text: str) -> str:
     return text.translate(_BREAK_TABLE)
 
 
-def decode_lines(stream: BinaryIO, errors: str = "strict") -> Iterator[str]:
-    """Decoded lines of a binary stream, without their line ends."""
+def decode_lines(stream: BinaryIO, errors: str = "strict", name: str = "") -> Iterator[str]:
+    """Decoded lines of a binary stream, without their line ends; `name` goes into errors."""
     for number, raw in enumerate(stream, start=1):
         if raw.endswith(b"\n"):
             raw = raw[:-1]
@@ -38,7 +38,9 @@ def decode_lines(stream: BinaryIO, errors: str = "strict") -> Iterator[str]:
             yield raw.decode("utf-8", errors=errors)
         except UnicodeDecodeError as exc:
             raise InputError(
-                f"not valid UTF-8 (byte {exc.start + 1}); use --errors replace to go on", number
+                f"not valid UTF-8 (byte {exc.start + 1}); use --errors replace to go on",
+                number,
+                name,
             ) from None
 
 
@@ -64,7 +66,7 @@ def open_input(path: str | Path | None) -> Iterator[BinaryIO]:
 
 def read_text_lines(path: str | Path, errors: str = "strict") -> list[str]:
     with open_input(path) as stream:
-        return list(decode_lines(stream, errors))
+        return list(decode_lines(stream, errors, str(path)))
 
 
 @contextmanager

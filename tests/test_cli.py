@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
+from nmt import checkpoint as ckpt
 
 from .conftest import synthetic_pairs, toy_recipe
 
@@ -151,6 +152,18 @@ def test_bad_inputs(trained, tmp_path, toy_dataset) -> None:
     bad_utf8 = tmp_path / "bad.txt"
     bad_utf8.write_bytes(b"der hund\ndie katze\n\xff\xfe kaputt\n")
     out = tmp_path / "out.txt"
+    empty_train = tmp_path / "empty_train"
+    empty_train.mkdir()
+    (empty_train / "train.jsonl").write_text("")
+    (empty_train / "val.jsonl").write_text('{"de": "a", "en": "b"}\n')
+    truncated = tmp_path / "truncated.pt"
+    blob = (trained / "best.pt").read_bytes()
+    truncated.write_bytes(blob[: len(blob) // 3])
+    payload = ckpt.read(trained / "best.pt")
+    payload["recipe"]["model"]["decoder_hidden_size"] += 8  # weights no longer fit the recipe
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save(payload, mismatched)
+    (tmp_path / "empty_run").mkdir()
 
     cases = [
         (["train", tmp_path / "missing.yaml"], "recipe file not found"),
@@ -218,7 +231,7 @@ def test_bad_inputs(trained, tmp_path, toy_dataset) -> None:
         (["translate", trained, "--beam-size", "0"], "--beam-size must be at least 1"),
         (["translate", trained, "--n-best", "4", "--beam-size", "2"], "--n-best"),
         (["translate", trained, "-i", tmp_path / "missing.txt", "-o", out], "input file not found"),
-        (["translate", trained, "-i", bad_utf8, "-o", out], "line 3: not valid UTF-8"),
+        (["translate", trained, "-i", bad_utf8, "-o", out], f"{bad_utf8}: line 3: not valid UTF-8"),
         (
             ["translate", trained, "-o", tmp_path / "no" / "dir.txt"],
             "output directory does not exist",
@@ -229,7 +242,96 @@ def test_bad_inputs(trained, tmp_path, toy_dataset) -> None:
             "input file not found",
         ),
         (["average", tmp_path, "-o", out], "no step checkpoints"),
+        (["average", trained, "-o", out, "--last", "0"], "--last must be at least 1"),
+        (
+            ["train", good, "--set", "model.embedding_size=-8", "--out", tmp_path / "r10"],
+            "'model.embedding_size': must be greater than 0",
+        ),
+        (
+            ["train", good, "--set", "train.batch_tokens=0", "--out", tmp_path / "r11"],
+            "'train.batch_tokens': must be greater than 0",
+        ),
+        (
+            ["train", good, "--set", "model.dropout=2", "--out", tmp_path / "r12"],
+            "'model.dropout': must lie between 0 and 1",
+        ),
+        (["train", good, "--set", "model.cell", "--out", tmp_path / "r13"], "section.key=value"),
+        (
+            ["train", good, "--set", "model.input_feeding=maybe", "--out", tmp_path / "r14"],
+            "expected true or false",
+        ),
+        (["train", good, "--data", empty_train, "--out", tmp_path / "r15"], "is empty"),
+        (
+            [
+                "train",
+                good,
+                "--set",
+                "data.valid_split=dev",
+                "--data",
+                toy_dataset,
+                "--out",
+                tmp_path / "r16",
+            ],
+            "no split 'dev'",
+        ),
+        (
+            [
+                "train",
+                good,
+                "--set",
+                "train.max_length=1",
+                "--data",
+                toy_dataset,
+                "--out",
+                tmp_path / "r17",
+            ],
+            "no training pair is non-empty and within train.max_length 1",
+        ),
+        (
+            [
+                "train",
+                good,
+                "--set",
+                "model.decoder_hidden_size=40",
+                "--init-from",
+                trained,
+                "--data",
+                toy_dataset,
+                "--out",
+                tmp_path / "r18",
+            ],
+            "must match the initial model",
+        ),
+        (
+            [
+                "train",
+                good,
+                "--init-from",
+                random_file,
+                "--data",
+                toy_dataset,
+                "--out",
+                tmp_path / "r19",
+            ],
+            "not a readable nmt checkpoint",
+        ),
+        (
+            ["train", good, "--threads", "0", "--data", toy_dataset, "--out", tmp_path / "r20"],
+            "--threads must be at least 1",
+        ),
+        (["translate", truncated], "not a readable nmt checkpoint"),
+        (["translate", mismatched], "does not fit this model architecture"),
+        (["translate", trained, "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["translate", trained, "--max-length-ratio", "0"], "--max-length-ratio must be positive"),
+        (["translate", trained, "-i", tmp_path], "input path is a directory"),
+        (["translate", tmp_path / "empty_run"], "no checkpoint in directory"),
+        (
+            ["evaluate", trained, "--source", good, "--reference", bad_utf8],
+            f"{bad_utf8}: line 3: not valid UTF-8",
+        ),
+        (["reproduce", unknown], "'model.hidden_size': unknown key"),
     ]
+    assert len(cases) >= 30
     for args, fragment in cases:
         _assert_clean_error(_invoke(*args, input=""), fragment)
     assert not out.exists()  # no partial output file left behind

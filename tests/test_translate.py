@@ -70,8 +70,8 @@ def test_decode_lines_handles_line_ends_and_reports_bad_bytes() -> None:
     data = b"a\r\nb\x0cc\n\nlast"
     assert list(decode_lines(io.BytesIO(data))) == ["a", "b\x0cc", "", "last"]
     bad = io.BytesIO(b"ok\nfine\nbad \xff here\n")
-    with pytest.raises(InputError, match=r"^line 3: not valid UTF-8"):
-        list(decode_lines(bad))
+    with pytest.raises(InputError, match=r"^input\.txt: line 3: not valid UTF-8"):
+        list(decode_lines(bad, name="input.txt"))
     assert list(decode_lines(io.BytesIO(b"bad \xff\n"), errors="replace")) == ["bad \ufffd"]
 
 

@@ -37,6 +37,7 @@ class Errors(str, Enum):
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
+    int8 = "int8"
 
 
 def _setup_logging(level: int = logging.INFO) -> None:
@@ -79,6 +80,10 @@ def _handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+PRECISION_HELP = (
+    "fp32; bf16 autocast (fast only with AMX/AVX512-BF16 or a GPU); "
+    "int8 dynamic quantization (CPU)."
+)
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Threads = Annotated[
     int | None, typer.Option(help="CPU threads (default: torch's, which honours OMP_NUM_THREADS).")
@@ -168,7 +173,7 @@ def translate(
         Errors,
         typer.Option(help="Non-UTF-8 input: strict = stop with the line number; replace = go on."),
     ] = Errors.strict,
-    precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision.fp32,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.fp32,
     device: Device = "auto",
     threads: Threads = None,
 ) -> None:
@@ -210,7 +215,7 @@ def evaluate(
     hypotheses: Annotated[
         Path | None, typer.Option(help="Also write the translations here.")
     ] = None,
-    precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision.fp32,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.fp32,
     device: Device = "auto",
     threads: Threads = None,
 ) -> None:

@@ -19,7 +19,13 @@ from nmt.errors import CheckpointError, NmtError, TrainingError
 from nmt.evaluate import Score, score_corpus
 from nmt.model import build_model
 from nmt.recipe import Recipe
-from nmt.runtime import autocast_dtype, resolve_device, seed_everything, set_threads
+from nmt.runtime import (
+    autocast_dtype,
+    quantize_int8,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
 from nmt.textio import decode_lines, open_input, open_output, read_text_lines
 from nmt.tokenizer import Tokenizer
 from nmt.train import Progress, Trainer, prepare_data
@@ -203,13 +209,20 @@ def load_translator(
     threads: int | None = None,
     **search_changes: object,
 ) -> tuple[Translator, Recipe]:
-    """A translator for a model, decoding with its recipe's settings unless changed here."""
+    """A translator for a model, decoding with its recipe's settings unless changed here.
+
+    precision: fp32; bf16 (autocast: fast only on CPUs with AMX or AVX512-BF16, and on GPUs);
+    int8 (dynamic quantization of Linear and LSTM weights, CPU only).
+    """
     set_threads(threads)
     rec, tokenizer, model, _ = ckpt.load_model(model_path)
     settings = settings_from_recipe(rec, **search_changes)
-    return Translator(
-        model, tokenizer, resolve_device(device), settings, autocast_dtype(precision)
-    ), rec
+    dev = resolve_device(device)
+    if precision == "int8":
+        if dev.type != "cpu":
+            raise NmtError("--precision int8 runs on the CPU only; add --device cpu")
+        model = quantize_int8(model)
+    return Translator(model, tokenizer, dev, settings, autocast_dtype(precision)), rec
 
 
 def translate_file(

@@ -94,3 +94,31 @@ def test_one_line_removes_every_line_break() -> None:
 def test_bad_settings(settings, fragment) -> None:
     with pytest.raises(InputError, match=fragment):
         SearchSettings(**settings)
+
+
+def test_int8_translator_quantizes_and_keeps_lines(tmp_path, toy_tokenizer) -> None:
+    from nmt import api
+    from nmt import checkpoint as ckpt
+    from nmt.recipe import from_dict
+
+    rec = from_dict(
+        {
+            "model": {
+                "embedding_size": 16,
+                "encoder_hidden_size": 12,
+                "decoder_hidden_size": 20,
+                "dropout": 0.0,
+                "embedding_dropout": 0.0,
+            }
+        }
+    )
+    ckpt.atomic_save(
+        ckpt.build_payload(rec, toy_tokenizer, tiny_model(toy_tokenizer), 0), tmp_path / "m.pt"
+    )
+    translator, _ = api.load_translator(
+        tmp_path / "m.pt", device="cpu", precision="int8", beam_size=2, max_length=6
+    )
+    kinds = {type(m).__module__ for m in translator.model.modules()}
+    assert any("quantized" in k for k in kinds)
+    src, _ = synthetic_pairs(9, seed=1)
+    assert len(api.translate_lines(translator, [*src, ""])) == 10

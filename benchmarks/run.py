@@ -1,0 +1,265 @@
+"""Speed and memory of nmt on this machine: one table.
+
+    python benchmarks/run.py --model runs/de_en --data ../shared/data/multi30k
+
+Phases run in fresh child processes so each reports its own peak RSS:
+- ceiling: fp32 and bf16 matmul GFLOP/s (2048 x 2048, median of several runs);
+- train: target tokens/s of full training steps (forward, loss, backward, clip, Adam) of the
+  reference model (emb 256, biLSTM 2x256, LSTM decoder 512 with input feeding, Luong general
+  attention, untied output over a joint vocabulary of 8000, dropout 0.3, 64 sentences a batch)
+  on real Multi30k batches; analytic FLOPs -> GFLOP/s and the ratio to the ceiling;
+- decode: sentences/s of greedy and beam 5 on the test split (search only, model load excluded)
+  in fp32, bf16 autocast and int8 dynamic quantization, with the BLEU of each.
+Every figure is the median of --repeats runs. Timings are never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def phase_ceiling(args: argparse.Namespace) -> dict:
+    import torch
+
+    n = 2048
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up
+        seconds = median_time(lambda a=a, b=b: a @ b, 10)
+        out[f"matmul_{name}_gflops"] = 2 * n**3 / seconds / 1e9
+    return out
+
+
+def reference_flops_per_step(batch, emb: int, enc: int, dec: int, att: int, vocab: int) -> float:
+    """Forward matmul FLOPs x 3 (forward + backward) of one step of the reference model."""
+    src_tokens = int(batch.src_lengths.sum())
+    tgt_tokens = batch.tgt_in.numel()  # padded steps run too
+    s = batch.src.size(1)
+    per_src = 2 * (2 * 4 * enc * (emb + enc)) + 2 * (2 * enc) * dec  # biLSTM + key projection
+    per_tgt = (
+        2 * 4 * dec * (emb + att + dec)  # decoder LSTM with input feeding
+        + 2 * s * dec
+        + 2 * s * 2 * enc  # scores and context
+        + 2 * (2 * enc + dec) * att  # attentional vector
+        + 2 * att * vocab
+    )  # output layer
+    bridge = batch.size * 2 * 2 * (2 * enc) * dec
+    return 3.0 * (src_tokens * per_src + tgt_tokens * per_tgt + bridge)
+
+
+def phase_train(args: argparse.Namespace) -> dict:
+    import torch
+
+    from nmt.batching import make_batch
+    from nmt.data import load_splits
+    from nmt.loss import sequence_loss
+    from nmt.model import build_model
+    from nmt.recipe import DataConfig, ModelConfig, TokenizerConfig
+    from nmt.tokenizer import Tokenizer
+
+    text = load_splits(DataConfig(max_train_examples=20000), ["train"], args.data)["train"]
+    tokenizer = Tokenizer.train(text.source, text.target, TokenizerConfig(vocab_size=8000), 0)
+    src, tgt = tokenizer.encode_source(text.source), tokenizer.encode_target(text.target)
+    out = {}
+    for label, changes, precision in (
+        ("train_fp32", {}, "fp32"),
+        ("train_bf16", {}, "bf16"),
+        ("train_fp32_no_input_feeding", {"input_feeding": False}, "fp32"),
+    ):
+        config = ModelConfig(tie_output=False, tie_embeddings=False, **changes)
+        torch.manual_seed(0)
+        model = build_model(config, 8000, 8000).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        batches = [make_batch(src[i : i + 64], tgt[i : i + 64]) for i in range(0, 64 * 12, 64)]
+
+        def step(batch, model=model, optimizer=optimizer, precision=precision) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = model(batch)
+            loss = sequence_loss(logits, batch.tgt_out, 0.1) / batch.n_target_tokens
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        for b in batches[:2]:
+            step(b)  # warm-up
+        rates, flops = [], []
+        for b in batches[2:]:
+            seconds = median_time(lambda b=b: step(b), 1)
+            rates.append(b.n_target_tokens / seconds)
+            flops.append(reference_flops_per_step(b, 256, 256, 512, 512, 8000) / seconds / 1e9)
+        out[f"{label}_tok_s"] = statistics.median(rates)
+        out[f"{label}_gflops"] = statistics.median(flops)
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def phase_decode(args: argparse.Namespace) -> dict:
+    import torch
+
+    from nmt import checkpoint
+    from nmt.data import load_splits
+    from nmt.evaluate import score_corpus
+    from nmt.runtime import quantize_int8, resolve_device
+    from nmt.translate import SearchSettings, Translator
+
+    recipe, tokenizer, model, _ = checkpoint.load_model(args.model)
+    test = load_splits(recipe.data, ["test"], args.data)["test"]
+    out = {}
+    variants = [(v, beam) for v in ("fp32", "bf16", "int8") for beam in (1, 5)]
+    if args.variant:
+        variants = [(args.variant, args.beam)]
+    for variant, beam in variants:
+        m = model
+        if variant == "int8":
+            m = torch.ao.quantization.quantize_dynamic(
+                model, {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8
+            )
+        translator = Translator(
+            m,
+            tokenizer,
+            resolve_device("cpu"),
+            SearchSettings(beam_size=beam, batch_size=args.batch_size),
+            torch.bfloat16 if variant == "bf16" else None,
+        )
+        hyps: list[str] = []
+
+        def run(translator=translator, hyps=hyps) -> None:
+            hyps[:] = [h[0].text for h in translator.translate(test.source)]
+
+        seconds = median_time(run, args.repeats)
+        key = f"{'greedy' if beam == 1 else f'beam{beam}'}_{variant}"
+        out[f"{key}_sent_s"] = len(test.source) / seconds
+        out[f"{key}_bleu"] = score_corpus(hyps, test.target)["bleu"].score
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def child(phase: str, args: argparse.Namespace, extra: list[str] | None = None) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--phase",
+        phase,
+        "--threads",
+        str(args.threads),
+        "--repeats",
+        str(args.repeats),
+        "--batch-size",
+        str(args.batch_size),
+    ]
+    if args.data:
+        cmd += ["--data", str(args.data)]
+    if args.model:
+        cmd += ["--model", str(args.model)]
+    cmd += extra or []
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"phase {phase} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", type=Path, help="trained model (run directory or .pt) for decoding"
+    )
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "multi30k")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64, help="decoding batch (sentences)")
+    parser.add_argument("--phase", choices=["ceiling", "train", "decode"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--beam", type=int, default=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    if args.phase:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        result = {"ceiling": phase_ceiling, "train": phase_train, "decode": phase_decode}[
+            args.phase
+        ](args)
+        print(json.dumps(result))
+        return
+
+    ceiling = child("ceiling", args)
+    train = child("train", args)
+    rows = [
+        ("matmul fp32 2048^2", f"{ceiling['matmul_fp32_gflops']:.0f} GFLOP/s", ""),
+        ("matmul bf16 2048^2", f"{ceiling['matmul_bf16_gflops']:.0f} GFLOP/s", ""),
+    ]
+    base = train["train_fp32_tok_s"]
+    for label, ceil in (
+        ("train_fp32", "fp32"),
+        ("train_bf16", "bf16"),
+        ("train_fp32_no_input_feeding", "fp32"),
+    ):
+        ratio = train[f"{label}_gflops"] / ceiling[f"matmul_{ceil}_gflops"]
+        rows.append(
+            (
+                f"{label} (tok/s)",
+                f"{train[f'{label}_tok_s']:.0f}",
+                f"x{train[f'{label}_tok_s'] / base:.2f} vs fp32; {train[f'{label}_gflops']:.0f} "
+                f"GFLOP/s = {ratio:.2f} of {ceil} ceiling",
+            )
+        )
+    rows.append(("train peak RSS", f"{train['peak_rss_mb']:.0f} MB", ""))
+    if args.model:
+        decode = {}
+        for variant in ("fp32", "bf16", "int8"):
+            for beam in (1, 5):
+                decode.update(child("decode", args, ["--variant", variant, "--beam", str(beam)]))
+                decode[f"rss_{variant}_{beam}"] = decode.pop("peak_rss_mb")
+        for beam in (1, 5):
+            key = "greedy" if beam == 1 else "beam5"
+            ref = decode[f"{key}_fp32_sent_s"]
+            for variant in ("fp32", "bf16", "int8"):
+                rows.append(
+                    (
+                        f"{key} {variant} (sent/s)",
+                        f"{decode[f'{key}_{variant}_sent_s']:.0f}",
+                        f"x{decode[f'{key}_{variant}_sent_s'] / ref:.2f} vs fp32; BLEU "
+                        f"{decode[f'{key}_{variant}_bleu']:.2f}; peak RSS "
+                        f"{decode[f'rss_{variant}_{beam}']:.0f} MB",
+                    )
+                )
+    width = max(len(r[0]) for r in rows)
+    print(f"threads {args.threads}, medians of {args.repeats} runs")
+    print(f"{'figure':{width}s} | {'value':>16s} | notes")
+    print(f"{'-' * width}-|-{'-' * 16}-|------")
+    for name, value, notes in rows:
+        print(f"{name:{width}s} | {value:>16s} | {notes}")
+
+
+if __name__ == "__main__":
+    main()

@@ -137,9 +137,7 @@ def phase_decode(args: argparse.Namespace) -> dict:
     for variant, beam in variants:
         m = model
         if variant == "int8":
-            m = torch.ao.quantization.quantize_dynamic(
-                model, {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8
-            )
+            m = quantize_int8(model)  # what `nmt translate --precision int8` runs
         translator = Translator(
             m,
             tokenizer,

@@ -106,7 +106,10 @@ class StopRequest:
             return
 
         def handler(signum: int, _frame: object) -> None:
+            if self.signal_name is not None:  # asked twice: stop at once
+                raise KeyboardInterrupt
             self.signal_name = signal.Signals(signum).name
+            log.warning("%s: stopping after this step (again to stop at once)", self.signal_name)
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

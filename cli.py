@@ -40,16 +40,27 @@ class Precision(str, Enum):
     int8 = "int8"
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time of each record (tests swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def _setup_logging(level: int = logging.INFO) -> None:
-    """Library log records go to the current stderr (replaced on every call, as tests swap it)."""
+    """Library log records go to stderr as plain lines."""
     logger = logging.getLogger("nmt")
     logger.setLevel(logging.INFO)
-    for old in [h for h in logger.handlers if getattr(h, "_nmt_cli", False)]:
+    for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
         logger.removeHandler(old)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.setLevel(level)
-    handler._nmt_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.propagate = False
 

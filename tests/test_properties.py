@@ -35,7 +35,11 @@ SPECIAL = st.sampled_from(
         "\u0301\u0301\u0301",
     ]
 )
-LINE = st.one_of(SPECIAL, st.text(st.characters(blacklist_characters="\n"), max_size=60))
+LINE = st.one_of(
+    SPECIAL,
+    # Any encodable character: surrogates (category Cs) cannot be written as UTF-8 at all.
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=60),
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +60,12 @@ def _translate_bytes(translator: Translator, data: bytes) -> list[str]:
     return text.split("\n")[:-1]
 
 
+# derandomize: the same 150 examples on every run, so CI cannot fail by chance.
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     lines=st.lists(LINE, min_size=0, max_size=20), crlf=st.booleans(), final_newline=st.booleans()

@@ -15,11 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.progress import BarColumn, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as Bar
 
 from nmt import checkpoint as ckpt
 from nmt.batching import BucketedBatches, make_batch
@@ -117,6 +119,20 @@ class StopRequest:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+@dataclass
+class _LossWindow:
+    """Loss and target tokens since the last log line (skipped steps count for neither)."""
+
+    loss: float = 0.0
+    tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: float, tokens: int) -> None:
+        if math.isfinite(loss):
+            self.loss += loss
+            self.tokens += tokens
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -339,7 +355,8 @@ class Trainer:
         return min(by_epochs, self.config.max_steps) if self.config.max_steps else by_epochs
 
     def fit(self) -> Progress:
-        c, p = self.config, self.progress
+        """Train until a stop condition; on SIGINT/SIGTERM return early with a checkpoint."""
+        p = self.progress
         if p.finished:
             log.info("this run already finished at step %d", p.step)
             return p
@@ -350,19 +367,7 @@ class Trainer:
             self.data.skipped_long,
             self.device,
         )
-        total = self.total_steps()
-        window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-        last_validated = p.step if p.step > 0 else -1
-        from rich.progress import (
-            BarColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import (
-            Progress as Bar,
-        )
-
+        self._last_validated = p.step if p.step > 0 else -1
         bar = Bar(
             TextColumn("step {task.completed}/{task.total}"),
             BarColumn(),
@@ -372,87 +377,85 @@ class Trainer:
             disable=not self.progress_bar,
             transient=True,
         )
-        task = bar.add_task("train", total=total, completed=p.step, info="")
-        stop_reason = ""
         with self.stop_request.installed(), bar:
-            while not p.finished:
-                if p.epoch >= c.max_epochs:
-                    stop_reason = f"reached train.max_epochs {c.max_epochs}"
-                    break
-                order = self.batches.epoch(p.epoch)
-                while p.batch_in_epoch < len(order):
-                    step_start = time.perf_counter()
-                    loss, n_tokens = self.train_step(order[p.batch_in_epoch])
-                    p.batch_in_epoch += 1
-                    p.step += 1
-                    p.train_seconds += time.perf_counter() - step_start
-                    if math.isfinite(loss):
-                        window_loss += loss
-                        window_tokens += n_tokens
-                    if self.on_step is not None:
-                        self.on_step(self)
-                    elapsed = time.perf_counter() - window_start
-                    if p.step % c.log_every == 0 and window_tokens:
-                        record = {
-                            "step": p.step,
-                            "epoch": p.epoch,
-                            "train_loss": round(window_loss / window_tokens, 4),
-                            "lr": learning_rate(c, p),
-                            "tokens_per_s": round(window_tokens / elapsed, 1),
-                        }
-                        self._write_metrics(record)
-                        log.info(
-                            "step %d  loss %.4f  lr %.2e  %.0f tok/s",
-                            p.step,
-                            record["train_loss"],
-                            record["lr"],
-                            record["tokens_per_s"],
-                        )
-                        bar.update(
-                            task,
-                            info=f"loss {record['train_loss']:.3f} lr {record['lr']:.1e} "
-                            f"{record['tokens_per_s']:.0f} tok/s",
-                        )
-                        window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-                    bar.update(task, completed=p.step)
-                    if p.step % c.validate_every == 0:
-                        last_validated = p.step
-                        if self._validate_and_save():
-                            stop_reason = f"no better validation BLEU in {c.patience} validations"
-                            p.finished = True
-                            break
-                        window_start = time.perf_counter()
-                    if c.max_steps is not None and p.step >= c.max_steps:
-                        stop_reason = f"reached train.max_steps {c.max_steps}"
-                        p.finished = True
-                        break
-                    if self.stop_request:
-                        path = self.save_checkpoint()
-                        log.warning(
-                            "%s received: stopped after step %d, checkpoint %s; continue "
-                            "with --resume",
-                            self.stop_request.signal_name,
-                            p.step,
-                            path,
-                        )
-                        return p
-                else:
-                    p.epoch += 1
-                    p.batch_in_epoch = 0
-        if last_validated != p.step:
-            p.finished = True
+            task = bar.add_task("train", total=self.total_steps(), completed=p.step, info="")
+            reason = self._train_until_stop(bar, task)
+        if reason is None:
+            path = self.save_checkpoint()
+            log.warning(
+                "%s received: stopped after step %d, checkpoint %s; continue with --resume",
+                self.stop_request.signal_name,
+                p.step,
+                path,
+            )
+            return p
+        p.finished = True
+        if self._last_validated != p.step:
             self._validate_and_save()
         else:
-            p.finished = True
-            self.save_checkpoint()
+            self.save_checkpoint()  # records that the run has finished
         log.info(
             "training finished at step %d: %s; best validation BLEU %.2f at step %d",
             p.step,
-            stop_reason or "done",
+            reason,
             p.best_bleu,
             p.best_step,
         )
         return p
+
+    def _train_until_stop(self, bar: Bar, task: TaskID) -> str | None:
+        """The loop over epochs and batches; returns why it stopped, None for a signal."""
+        c, p = self.config, self.progress
+        window = _LossWindow()
+        while p.epoch < c.max_epochs:
+            order = self.batches.epoch(p.epoch)
+            while p.batch_in_epoch < len(order):
+                step_start = time.perf_counter()
+                loss, n_tokens = self.train_step(order[p.batch_in_epoch])
+                p.batch_in_epoch += 1
+                p.step += 1
+                p.train_seconds += time.perf_counter() - step_start
+                window.add(loss, n_tokens)
+                if self.on_step is not None:
+                    self.on_step(self)
+                if p.step % c.log_every == 0 and window.tokens:
+                    bar.update(task, info=self._log_window(window))
+                    window = _LossWindow()
+                bar.update(task, completed=p.step)
+                if p.step % c.validate_every == 0:
+                    self._last_validated = p.step
+                    if self._validate_and_save():
+                        return f"no better validation BLEU in {c.patience} validations"
+                    window = _LossWindow()
+                if c.max_steps is not None and p.step >= c.max_steps:
+                    return f"reached train.max_steps {c.max_steps}"
+                if self.stop_request:
+                    return None
+            p.epoch += 1
+            p.batch_in_epoch = 0
+        return f"reached train.max_epochs {c.max_epochs}"
+
+    def _log_window(self, window: _LossWindow) -> str:
+        p = self.progress
+        record = {
+            "step": p.step,
+            "epoch": p.epoch,
+            "train_loss": round(window.loss / window.tokens, 4),
+            "lr": learning_rate(self.config, p),
+            "tokens_per_s": round(window.tokens / (time.perf_counter() - window.start), 1),
+        }
+        self._write_metrics(record)
+        log.info(
+            "step %d  loss %.4f  lr %.2e  %.0f tok/s",
+            p.step,
+            record["train_loss"],
+            record["lr"],
+            record["tokens_per_s"],
+        )
+        return (
+            f"loss {record['train_loss']:.3f} lr {record['lr']:.1e} "
+            f"{record['tokens_per_s']:.0f} tok/s"
+        )
 
     def _validate_and_save(self) -> bool:
         p = self.progress

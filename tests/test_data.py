@@ -48,7 +48,9 @@ def test_missing_split_column_and_offline_hub(tmp_path) -> None:
         load_splits(DataConfig(), ["test"], root)
     with pytest.raises(DataError, match=r"no column 'fr' \(columns: de, en\)"):
         load_splits(DataConfig(source_lang="fr"), ["train"], root)
-    with pytest.raises(DataError, match=r"cannot load dataset 'nobody/no-such-dataset'.*--data DIR"):
+    with pytest.raises(
+        DataError, match=r"cannot load dataset 'nobody/no-such-dataset'.*--data DIR"
+    ):
         load_splits(DataConfig(dataset="nobody/no-such-dataset"), ["train"])
 
 

@@ -426,7 +426,7 @@ class Trainer:
                     self._last_validated = p.step
                     if self._validate_and_save():
                         return f"no better validation BLEU in {c.patience} validations"
-                    window = _LossWindow()
+                    window.start = time.perf_counter()  # tokens/s excludes validation time
                 if c.max_steps is not None and p.step >= c.max_steps:
                     return f"reached train.max_steps {c.max_steps}"
                 if self.stop_request:

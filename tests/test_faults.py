@@ -31,6 +31,14 @@ def _start(recipe: Path, data: Path, out: Path, mode: str) -> subprocess.Popen:
     )
 
 
+def _run_to_end(recipe: Path, data: Path, out: Path, mode: str) -> str:
+    """Run the child until it finishes; its stdout."""
+    proc = _start(recipe, data, out, mode)
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr
+    return stdout
+
+
 def _kill_when(proc: subprocess.Popen, predicate) -> str:
     """Read the child's output until predicate(line) holds, then SIGKILL it."""
     assert proc.stdout is not None
@@ -50,22 +58,8 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(
 ) -> None:
     recipe = tmp_path / "toy.yaml"
     recipe.write_text(yaml.safe_dump(toy_recipe(train={"max_steps": 40, "validate_every": 5})))
-    straight = subprocess.run(
-        [
-            sys.executable,
-            str(RUNNER),
-            str(recipe),
-            str(toy_dataset),
-            str(tmp_path / "straight"),
-            "plain",
-        ],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        cwd=ROOT,
-        check=True,
-    )
-    assert "DONE" in straight.stdout
+    straight = _run_to_end(recipe, toy_dataset, tmp_path / "straight", "plain")
+    assert "DONE" in straight
 
     run = tmp_path / "killed"
     rng = random.Random(2026)
@@ -88,15 +82,8 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(
     )
     assert len(kills) == 3
 
-    final = subprocess.run(
-        [sys.executable, str(RUNNER), str(recipe), str(toy_dataset), str(run), "random"],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        cwd=ROOT,
-        check=True,
-    )
-    assert "DONE" in final.stdout
+    final = _run_to_end(recipe, toy_dataset, run, "random")
+    assert "DONE" in final
     assert not list(run.glob(".*.tmp"))
     a = ckpt.read(ckpt.step_checkpoints(tmp_path / "straight")[-1])
     b = ckpt.read(ckpt.step_checkpoints(run)[-1])

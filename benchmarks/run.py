@@ -22,6 +22,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -178,6 +179,56 @@ def phase_decode(args: argparse.Namespace) -> dict:
     return out
 
 
+def peak_rss_of_command(args: list[str]) -> float:
+    """Peak RSS (MB) of one `cli.py` command run to completion in its own process."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "cli.py"), *args], stdout=subprocess.DEVNULL, stderr=err
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(args[:2])} failed:\n{err.read().decode()[-2000:]}")
+    return usage.ru_maxrss / 1024
+
+
+def process_rss(args: argparse.Namespace) -> dict:
+    """What users see: peak RSS of a whole `nmt train` (reference model, tokenizer training, 30
+    steps, a validation and a checkpoint) and of `nmt translate` of test2016 from a file."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        out["rss_train"] = peak_rss_of_command(
+            [
+                "train",
+                str(ROOT / "recipes" / "multi30k_de_en.yaml"),
+                "--data",
+                str(args.data),
+                "--out",
+                f"{tmp}/run",
+                "--threads",
+                str(args.threads),
+                "--no-progress",
+                *("--set", "model.tie_embeddings=false", "--set", "model.tie_output=false"),
+                *("--set", "train.max_steps=30", "--set", "train.validate_every=1000"),
+            ]
+        )
+        if args.model:
+            from nmt.data import load_splits
+            from nmt.recipe import DataConfig
+
+            source = Path(tmp) / "test.src"
+            test = load_splits(DataConfig(), ["test"], args.data)["test"]
+            source.write_text("".join(line + "\n" for line in test.source), encoding="utf-8")
+            for beam in (1, 5):
+                out[f"rss_translate_beam{beam}"] = peak_rss_of_command(
+                    [
+                        *("translate", str(args.model), "-i", str(source), "-o", f"{tmp}/hyp"),
+                        *("--beam-size", str(beam), "--threads", str(args.threads)),
+                    ]
+                )
+    return out
+
+
 def child(phase: str, args: argparse.Namespace, extra: list[str] | None = None) -> dict:
     cmd = [
         sys.executable,
@@ -247,7 +298,23 @@ def main() -> None:
                 f"GFLOP/s = {ratio:.2f} of {ceil} ceiling",
             )
         )
-    rows.append(("train peak RSS", f"{train['peak_rss_mb']:.0f} MB", ""))
+    rss = process_rss(args)
+    rows.append(
+        (
+            "peak RSS nmt train",
+            f"{rss['rss_train']:.0f} MB",
+            "reference model, whole process; the benchmark's train phase with "
+            f"{len(TRAIN_VARIANTS)} models: {train['peak_rss_mb']:.0f} MB",
+        )
+    )
+    for beam in (1, 5) if args.model else ():
+        rows.append(
+            (
+                f"peak RSS nmt translate, beam {beam}",
+                f"{rss[f'rss_translate_beam{beam}']:.0f} MB",
+                "test2016 from a file, fp32",
+            )
+        )
     if args.model:
         decode = {}
         for variant in ("fp32", "bf16", "int8"):

@@ -105,6 +105,10 @@ Data = Annotated[
         help="Local copy of the recipe's dataset (a directory datasets.load_dataset reads)."
     ),
 ]
+ShortlistFile = Annotated[
+    Path | None,
+    typer.Option(help="Score only a lexical shortlist's tokens (from nmt shortlist): faster."),
+]
 BeamSize = Annotated[
     int | None, typer.Option(help="Beam size; 1 = greedy. Default: the model's recipe.")
 ]
@@ -185,6 +189,7 @@ def translate(
         typer.Option(help="Non-UTF-8 input: strict = stop with the line number; replace = go on."),
     ] = Errors.strict,
     precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.fp32,
+    shortlist: ShortlistFile = None,
     device: Device = "auto",
     threads: Threads = None,
 ) -> None:
@@ -195,6 +200,7 @@ def translate(
         device=device,
         precision=precision.value,
         threads=threads,
+        shortlist=shortlist,
         beam_size=beam_size,
         batch_size=batch_size,
         n_best=n_best,
@@ -227,6 +233,7 @@ def evaluate(
         Path | None, typer.Option(help="Also write the translations here.")
     ] = None,
     precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.fp32,
+    shortlist: ShortlistFile = None,
     device: Device = "auto",
     threads: Threads = None,
 ) -> None:
@@ -239,6 +246,7 @@ def evaluate(
         device=device,
         precision=precision.value,
         threads=threads,
+        shortlist=shortlist,
         beam_size=beam_size,
         batch_size=batch_size,
         length_penalty=length_penalty,
@@ -305,6 +313,25 @@ def average(
     """Average the weights of a run's last N checkpoints into one model."""
     _setup_logging()
     api.average(run_dir, last, output)
+
+
+@app.command()
+@_handle_errors
+def shortlist(
+    model: Annotated[Path, typer.Argument(help="Run directory (uses best.pt) or checkpoint file.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="File to write (default: shortlist.pt beside MODEL)."),
+    ] = None,
+    data: Data = None,
+    frequent: Annotated[int, typer.Option(help="Most frequent target tokens always kept.")] = 100,
+    per_source: Annotated[
+        int, typer.Option(help="Target tokens kept per source token (by Dice co-occurrence).")
+    ] = 10,
+) -> None:
+    """Build a lexical shortlist from the model's training data, for translate --shortlist."""
+    _setup_logging()
+    api.build_shortlist(model, output, data_dir=data, frequent=frequent, per_source=per_source)
 
 
 if __name__ == "__main__":

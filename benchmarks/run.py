@@ -140,6 +140,10 @@ def phase_train(args: argparse.Namespace) -> dict:
     return out
 
 
+# fp32 is the reference; "shortlist" is fp32 scoring only `nmt shortlist`'s candidates.
+DECODE_VARIANTS = ("fp32", "bf16", "int8", "shortlist")
+
+
 def phase_decode(args: argparse.Namespace) -> dict:
     import torch
 
@@ -147,12 +151,13 @@ def phase_decode(args: argparse.Namespace) -> dict:
     from nmt.data import load_splits
     from nmt.evaluate import score_corpus
     from nmt.runtime import quantize_int8, resolve_device
+    from nmt.shortlist import Shortlist
     from nmt.translate import SearchSettings, Translator
 
     recipe, tokenizer, model, _ = checkpoint.load_model(args.model)
     test = load_splits(recipe.data, ["test"], args.data)["test"]
     out = {}
-    variants = [(v, beam) for v in ("fp32", "bf16", "int8") for beam in (1, 5)]
+    variants = [(v, beam) for v in DECODE_VARIANTS for beam in (1, 5)]
     if args.variant:
         variants = [(args.variant, args.beam)]
     for variant, beam in variants:
@@ -165,6 +170,7 @@ def phase_decode(args: argparse.Namespace) -> dict:
             resolve_device("cpu"),
             SearchSettings(beam_size=beam, batch_size=args.batch_size),
             torch.bfloat16 if variant == "bf16" else None,
+            Shortlist.load(args.shortlist, tokenizer) if variant == "shortlist" else None,
         )
         hyps: list[str] = []
 
@@ -246,6 +252,8 @@ def child(phase: str, args: argparse.Namespace, extra: list[str] | None = None) 
         cmd += ["--data", str(args.data)]
     if args.model:
         cmd += ["--model", str(args.model)]
+    if args.shortlist:
+        cmd += ["--shortlist", str(args.shortlist)]
     cmd += extra or []
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -266,6 +274,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="decoding batch (sentences)")
     parser.add_argument("--phase", choices=["ceiling", "train", "decode"], help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--shortlist", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--beam", type=int, default=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -317,14 +326,19 @@ def main() -> None:
         )
     if args.model:
         decode = {}
-        for variant in ("fp32", "bf16", "int8"):
+        shortlist_dir = tempfile.TemporaryDirectory()
+        args.shortlist = Path(shortlist_dir.name) / "shortlist.pt"
+        peak_rss_of_command(
+            ["shortlist", str(args.model), "--data", str(args.data), "-o", str(args.shortlist)]
+        )
+        for variant in DECODE_VARIANTS:
             for beam in (1, 5):
                 decode.update(child("decode", args, ["--variant", variant, "--beam", str(beam)]))
                 decode[f"rss_{variant}_{beam}"] = decode.pop("peak_rss_mb")
         for beam in (1, 5):
             key = "greedy" if beam == 1 else "beam5"
             ref = decode[f"{key}_fp32_sent_s"]
-            for variant in ("fp32", "bf16", "int8"):
+            for variant in DECODE_VARIANTS:
                 rows.append(
                     (
                         f"{key} {variant} (sent/s)",

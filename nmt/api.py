@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nmt import checkpoint as ckpt
 from nmt import recipe as recipe_mod
+from nmt import shortlist as shortlist_mod
 from nmt.data import load_splits
 from nmt.errors import CheckpointError, NmtError, TrainingError
 from nmt.evaluate import Score, score_corpus
@@ -26,6 +27,7 @@ from nmt.runtime import (
     seed_everything,
     set_threads,
 )
+from nmt.shortlist import Shortlist
 from nmt.textio import decode_lines, open_input, open_output, read_text_lines
 from nmt.tokenizer import Tokenizer
 from nmt.train import Progress, Trainer, prepare_data
@@ -207,22 +209,58 @@ def load_translator(
     device: str = "auto",
     precision: str = "fp32",
     threads: int | None = None,
+    shortlist: str | Path | None = None,
     **search_changes: object,
 ) -> tuple[Translator, Recipe]:
     """A translator for a model, decoding with its recipe's settings unless changed here.
 
     precision: fp32; bf16 (autocast: fast only on CPUs with AMX or AVX512-BF16, and on GPUs);
     int8 (dynamic quantization of Linear and LSTM weights, CPU only).
+    shortlist: a file from `build_shortlist`; decoding scores only its candidate tokens.
     """
     set_threads(threads)
     rec, tokenizer, model, _ = ckpt.load_model(model_path)
+    lexical = Shortlist.load(shortlist, tokenizer) if shortlist is not None else None
     settings = settings_from_recipe(rec, **search_changes)
     dev = resolve_device(device)
     if precision == "int8":
         if dev.type != "cpu":
             raise NmtError("--precision int8 runs on the CPU only; add --device cpu")
         model = quantize_int8(model)
-    return Translator(model, tokenizer, dev, settings, autocast_dtype(precision)), rec
+    return Translator(model, tokenizer, dev, settings, autocast_dtype(precision), lexical), rec
+
+
+def build_shortlist(
+    model_path: str | Path,
+    output: str | Path | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    frequent: int = 100,
+    per_source: int = 10,
+) -> Path:
+    """Count the model's training split into a lexical shortlist (default: RUN/shortlist.pt)."""
+    if frequent < 0 or per_source < 0:
+        raise NmtError("--frequent and --per-source must not be negative")
+    path = ckpt.resolve(model_path)
+    rec, tokenizer, _ = ckpt.restore_model(ckpt.read(path), str(path))
+    text = load_splits(rec.data, [rec.data.train_split], data_dir)[rec.data.train_split]
+    lexical = shortlist_mod.build(
+        tokenizer.encode_source(text.source),
+        tokenizer.encode_target(text.target),
+        tokenizer,
+        frequent=frequent,
+        per_source=per_source,
+    )
+    out = Path(output) if output is not None else path.parent / "shortlist.pt"
+    ckpt.atomic_save(lexical.to_dict(), out)
+    log.info(
+        "shortlist of %d frequent + %d per source token from %d pairs -> %s",
+        frequent,
+        per_source,
+        len(text),
+        out,
+    )
+    return out
 
 
 def translate_file(

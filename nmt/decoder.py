@@ -129,12 +129,13 @@ class Decoder(nn.Module):
         self, tokens: torch.Tensor, state: DecoderState, memory: Memory
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """One step for tokens (B,): logits (B, V), the new state, attention weights (B, S)."""
-        attentional, new_state, weights = self._step_attentional(tokens.unsqueeze(1), state, memory)
+        attentional, new_state, weights = self.step_attentional(tokens.unsqueeze(1), state, memory)
         return self.output(attentional), new_state, weights
 
-    def _step_attentional(
+    def step_attentional(
         self, tokens: torch.Tensor, state: DecoderState, memory: Memory
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """One step for tokens (B, 1): the attentional vector (B, A), new state, weights (B, S)."""
         x = self.embeddings(tokens)  # (B, 1, E)
         if state.feed is not None:
             x = torch.cat([x, state.feed.unsqueeze(1)], dim=-1)
@@ -154,7 +155,7 @@ class Decoder(nn.Module):
         elif self.input_feeding:
             steps = []
             for t in range(tgt_in.size(1)):
-                attentional, state, _ = self._step_attentional(tgt_in[:, t : t + 1], state, memory)
+                attentional, state, _ = self.step_attentional(tgt_in[:, t : t + 1], state, memory)
                 steps.append(attentional)
             attentional_all = torch.stack(steps, dim=1)  # (B, T, A)
         else:

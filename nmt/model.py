@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -15,6 +18,20 @@ from nmt.recipe import ModelConfig
 from nmt.tokenizer import PAD_ID
 
 
+@dataclass(frozen=True)
+class OutputSubset:
+    """The rows of the output layer that decoding scores (a shortlist); the rest get -inf."""
+
+    ids: torch.Tensor  # (C,) target ids
+    weight: torch.Tensor  # (C, A) their output-layer rows
+
+
+def output_weight(model: Seq2Seq) -> torch.Tensor:
+    """The output layer's (V, A) float weight, also of an int8-quantized model."""
+    weight = model.decoder.output.weight
+    return weight().dequantize() if callable(weight) else weight.detach()
+
+
 class Seq2Seq(nn.Module):
     def __init__(self, encoder: Encoder, decoder: Decoder) -> None:
         super().__init__()
@@ -26,11 +43,23 @@ class Seq2Seq(nn.Module):
         return self.decoder.prepare_memory(encoded), self.decoder.init_state(encoded)
 
     def decode_step(
-        self, tokens: torch.Tensor, state: DecoderState, memory: Memory
+        self,
+        tokens: torch.Tensor,
+        state: DecoderState,
+        memory: Memory,
+        subset: OutputSubset | None = None,
     ) -> tuple[torch.Tensor, DecoderState]:
-        """Log-probabilities (B, V) of the next token after `tokens` (B,), and the new state."""
-        logits, state, _ = self.decoder.step(tokens, state, memory)
-        return torch.log_softmax(logits.float(), dim=-1), state
+        """Log-probabilities (B, V) of the next token after `tokens` (B,), and the new state.
+
+        With `subset`, only its rows are scored and normalised; the other tokens get -inf.
+        """
+        if subset is None:
+            logits, state, _ = self.decoder.step(tokens, state, memory)
+            return torch.log_softmax(logits.float(), dim=-1), state
+        attentional, state, _ = self.decoder.step_attentional(tokens.unsqueeze(1), state, memory)
+        scored = torch.log_softmax((attentional @ subset.weight.t()).float(), dim=-1)  # (B, C)
+        log_probs = scored.new_full((scored.size(0), self.decoder.output.out_features), -math.inf)
+        return log_probs.index_copy_(1, subset.ids, scored), state
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Teacher-forced logits (B, T, V) for batch.tgt_in."""

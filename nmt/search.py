@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from nmt.batching import Batch
-from nmt.model import Seq2Seq
+from nmt.model import OutputSubset, Seq2Seq
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -55,6 +55,7 @@ def greedy(
     max_length_ratio: float = 2.0,
     max_length: int = 256,
     length_penalty_alpha: float = 0.0,
+    subset: OutputSubset | None = None,
 ) -> list[Hypothesis]:
     """Pick the most probable token at every step; the same result as beam search with beam 1."""
     memory, state = model.encode(batch.src, batch.src_lengths)
@@ -70,7 +71,7 @@ def greedy(
     active = torch.arange(size, device=device)  # rows still decoding; finished rows leave
     tokens = torch.full((size,), BOS_ID, dtype=torch.long, device=device)
     for t in range(steps):
-        log_probs, state = model.decode_step(tokens, state, memory)  # (N, V)
+        log_probs, state = model.decode_step(tokens, state, memory, subset)  # (N, V)
         _forbid_specials(log_probs)
         _force_eos(log_probs, limits[active] <= t)
         best, tokens = log_probs.max(dim=-1)
@@ -103,8 +104,12 @@ def beam_search(
     length_penalty_alpha: float = 0.6,
     max_length_ratio: float = 2.0,
     max_length: int = 256,
+    subset: OutputSubset | None = None,
 ) -> list[list[Hypothesis]]:
-    """The `n_best` hypotheses of every source in `batch`, best first by normalized score."""
+    """The `n_best` hypotheses of every source in `batch`, best first by normalized score.
+
+    `subset` restricts the output vocabulary (a shortlist); None scores every token.
+    """
     if beam_size < 1:
         raise ValueError(f"beam size must be at least 1, got {beam_size}")
     if not 1 <= n_best <= beam_size:
@@ -127,7 +132,7 @@ def beam_search(
 
     for t in range(int(limits_all.max()) + 1):
         n = active.numel()
-        log_probs, state = model.decode_step(prev, state, memory)  # (N*K, V)
+        log_probs, state = model.decode_step(prev, state, memory, subset)  # (N*K, V)
         vocab = log_probs.size(-1)
         _forbid_specials(log_probs)
         _force_eos(log_probs, (limits_all[active] <= t).repeat_interleave(k))

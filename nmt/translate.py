@@ -14,8 +14,9 @@ from itertools import islice
 import torch
 
 from nmt.batching import make_batch
-from nmt.model import Seq2Seq
+from nmt.model import OutputSubset, Seq2Seq, output_weight
 from nmt.search import Hypothesis, beam_search, greedy
+from nmt.shortlist import Shortlist
 from nmt.textio import one_line
 from nmt.tokenizer import EOS_ID, Tokenizer
 
@@ -65,16 +66,23 @@ class Translator:
         device: torch.device,
         settings: SearchSettings,
         autocast_dtype: torch.dtype | None = None,
+        shortlist: Shortlist | None = None,
     ) -> None:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = device
         self.settings = settings
         self.autocast_dtype = autocast_dtype
+        self.shortlist = shortlist
+        self._output_weight = output_weight(self.model) if shortlist is not None else None
 
     def _search(self, ids: list[list[int]]) -> list[list[Hypothesis]]:
         s = self.settings
         batch = make_batch(ids).to(self.device)
+        subset = None
+        if self.shortlist is not None and self._output_weight is not None:
+            candidates = self.shortlist.candidates(batch.src).to(self.device)
+            subset = OutputSubset(candidates, self._output_weight.index_select(0, candidates))
         with torch.autocast(
             self.device.type,
             dtype=self.autocast_dtype or torch.bfloat16,
@@ -89,6 +97,7 @@ class Translator:
                         max_length_ratio=s.max_length_ratio,
                         max_length=s.max_length,
                         length_penalty_alpha=s.length_penalty,
+                        subset=subset,
                     )
                 ]
             return beam_search(
@@ -99,6 +108,7 @@ class Translator:
                 length_penalty_alpha=s.length_penalty,
                 max_length_ratio=s.max_length_ratio,
                 max_length=s.max_length,
+                subset=subset,
             )
 
     def translate(self, lines: list[str], first_line_number: int = 1) -> list[list[Translation]]:

@@ -55,7 +55,9 @@ def trained(tmp_path_factory, toy_dataset) -> Path:
     return root / "run"
 
 
-@pytest.mark.parametrize("command", ["train", "translate", "evaluate", "reproduce", "average"])
+@pytest.mark.parametrize(
+    "command", ["train", "translate", "evaluate", "reproduce", "average", "shortlist"]
+)
 def test_help(command) -> None:
     result = _invoke(command, "--help")
     assert result.exit_code == 0 and "Usage" in result.output
@@ -109,6 +111,32 @@ def test_evaluate_and_average(trained, tmp_path) -> None:
     result = _invoke("average", trained, "-o", tmp_path / "avg.pt", "--last", "2")
     assert result.exit_code == 0, result.stderr
     assert _invoke("translate", tmp_path / "avg.pt", input="der hund\n").exit_code == 0
+
+
+def test_shortlist_cli(trained, toy_dataset, tmp_path) -> None:
+    result = _invoke("shortlist", trained, "--data", toy_dataset, "-o", tmp_path / "sl.pt")
+    assert result.exit_code == 0, result.stderr
+    src, _ = synthetic_pairs(5, seed=21)
+    text = "\n".join([src[0], "", *src[1:]]) + "\n"
+    out = _invoke("translate", trained, "--shortlist", tmp_path / "sl.pt", input=text)
+    assert out.exit_code == 0, out.stderr
+    assert len(out.stdout.split("\n")) == len(text.split("\n"))
+    int8 = _invoke(
+        "translate", trained, "--shortlist", tmp_path / "sl.pt", "--precision", "int8", input=text
+    )
+    assert int8.exit_code == 0, int8.stderr
+    _assert_clean_error(
+        _invoke("translate", trained, "--shortlist", tmp_path / "nope.pt", input=text),
+        "shortlist not found",
+    )
+    _assert_clean_error(
+        _invoke("translate", trained, "--shortlist", trained / "best.pt", input=text),
+        "not an nmt shortlist",
+    )
+    _assert_clean_error(
+        _invoke("shortlist", trained, "--data", toy_dataset, "--frequent", "-1"),
+        "must not be negative",
+    )
 
 
 def test_evaluate_split_and_reproduce(tmp_path, toy_dataset) -> None:

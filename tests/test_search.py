@@ -33,7 +33,8 @@ class ScriptedModel:
         )
         return memory, DecoderState(torch.zeros(1, n, 32, dtype=torch.long), None)
 
-    def decode_step(self, tokens, state, memory):
+    def decode_step(self, tokens, state, memory, subset=None):
+        assert subset is None
         hidden = state.hidden.clone()  # (1, N, 32): [length, t1, t2, ...]
         out = torch.full((tokens.size(0), self.vocab), math.log(1e-9))
         for row, token in enumerate(tokens.tolist()):

@@ -367,7 +367,16 @@ def reproduce(
     model_path: Path = run_dir / ckpt.BEST
     if rec.decode.average_checkpoints > 1:
         model_path = average(run_dir, rec.decode.average_checkpoints, run_dir / "averaged.pt")
-    translator, _ = load_translator(model_path, device=device)
+    d = rec.decode  # this recipe's decoding, also for a run trained before it was tuned
+    translator, _ = load_translator(
+        model_path,
+        device=device,
+        beam_size=d.beam_size,
+        length_penalty=d.length_penalty,
+        max_length_ratio=d.max_length_ratio,
+        max_length=d.max_length,
+        batch_size=d.batch_size,
+    )
     rows = []
     for split in rec.data.test_splits:
         result = evaluate_split(translator, rec, split, data_dir)

@@ -164,6 +164,15 @@ def test_evaluate_split_and_reproduce(tmp_path, toy_dataset) -> None:
     assert again.stdout == result.stdout
     split = _invoke("evaluate", tmp_path / "run", "--split", "test", "--data", toy_dataset)
     assert split.exit_code == 0 and split.stdout.startswith("bleu")
+    # Decoding follows the recipe given, also on a run trained before its decode section changed.
+    raw["decode"] = {**raw.get("decode", {}), "max_length": 1}
+    recipe.write_text(yaml.safe_dump(raw))
+    short = _invoke(
+        "reproduce", recipe, "--data", toy_dataset, "--out", tmp_path / "run", "--no-progress"
+    )
+    assert short.stdout != result.stdout
+    hyps = (tmp_path / "run" / "test.hyp.txt").read_text().splitlines()
+    assert hyps and all(len(h.split()) <= 1 for h in hyps)
 
 
 def test_bad_inputs(trained, tmp_path, toy_dataset) -> None:

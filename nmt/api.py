@@ -19,7 +19,7 @@ from nmt.data import load_splits
 from nmt.errors import CheckpointError, NmtError, TrainingError
 from nmt.evaluate import Score, score_corpus
 from nmt.model import build_model
-from nmt.recipe import Recipe
+from nmt.recipe import DecodeConfig, Recipe
 from nmt.runtime import (
     autocast_dtype,
     quantize_int8,
@@ -189,9 +189,11 @@ def _yaml(rec: Recipe) -> str:
     return yaml.safe_dump(rec.to_dict(), sort_keys=False, allow_unicode=True)
 
 
-def settings_from_recipe(rec: Recipe, **changes: object) -> SearchSettings:
-    """The recipe's decode section, with the given non-None values replacing its own."""
-    d = rec.decode
+def settings_from_recipe(
+    rec: Recipe, decode: DecodeConfig | None = None, **changes: object
+) -> SearchSettings:
+    """The recipe's decode section (or `decode`), with the given non-None values replacing it."""
+    d = decode or rec.decode
     base: dict[str, object] = {
         "beam_size": d.beam_size,
         "length_penalty": d.length_penalty,
@@ -210,9 +212,11 @@ def load_translator(
     precision: str = "fp32",
     threads: int | None = None,
     shortlist: str | Path | None = None,
+    decode: DecodeConfig | None = None,
     **search_changes: object,
 ) -> tuple[Translator, Recipe]:
-    """A translator for a model, decoding with its recipe's settings unless changed here.
+    """A translator for a model, decoding with its recipe's settings (or `decode`) unless
+    changed here.
 
     precision: fp32; bf16 (autocast: fast only on CPUs with AMX or AVX512-BF16, and on GPUs);
     int8 (dynamic quantization of Linear and LSTM weights, CPU only).
@@ -221,7 +225,7 @@ def load_translator(
     set_threads(threads)
     rec, tokenizer, model, _ = ckpt.load_model(model_path)
     lexical = Shortlist.load(shortlist, tokenizer) if shortlist is not None else None
-    settings = settings_from_recipe(rec, **search_changes)
+    settings = settings_from_recipe(rec, decode, **search_changes)
     dev = resolve_device(device)
     if precision == "int8":
         if dev.type != "cpu":
@@ -367,16 +371,8 @@ def reproduce(
     model_path: Path = run_dir / ckpt.BEST
     if rec.decode.average_checkpoints > 1:
         model_path = average(run_dir, rec.decode.average_checkpoints, run_dir / "averaged.pt")
-    d = rec.decode  # this recipe's decoding, also for a run trained before it was tuned
-    translator, _ = load_translator(
-        model_path,
-        device=device,
-        beam_size=d.beam_size,
-        length_penalty=d.length_penalty,
-        max_length_ratio=d.max_length_ratio,
-        max_length=d.max_length,
-        batch_size=d.batch_size,
-    )
+    # This recipe's decoding, also for a run trained before its decode section was tuned.
+    translator, _ = load_translator(model_path, device=device, decode=rec.decode)
     rows = []
     for split in rec.data.test_splits:
         result = evaluate_split(translator, rec, split, data_dir)

@@ -93,15 +93,10 @@ def build_payload(
     return payload
 
 
-def read(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file, refusing anything that is not an nmt checkpoint."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"model not found: {path}")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+def load_file(path: Path, what: str) -> Any:
+    """torch.load of a file we wrote (weights only: no code runs); any failure -> one-line error."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (
         pickle.UnpicklingError,
         zipfile.BadZipFile,
@@ -114,9 +109,19 @@ def read(path: str | Path) -> dict[str, Any]:
         TypeError,
     ) as exc:
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable nmt checkpoint ({first})") from None
+        raise CheckpointError(f"{path} is not a readable nmt {what} ({first})") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file, refusing anything that is not an nmt checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"model not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    payload = load_file(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an nmt checkpoint")
     if payload.get("version") != VERSION:

@@ -11,14 +11,13 @@ unchanged. Built once per run from its training data (`nmt shortlist RUN`).
 from __future__ import annotations
 
 import hashlib
-import pickle
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from nmt.checkpoint import load_file
 from nmt.errors import CheckpointError
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 
@@ -68,10 +67,7 @@ class Shortlist:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"shortlist not found: {path}")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError):
-            raise CheckpointError(f"{path} is not a readable shortlist") from None
+        payload = load_file(path, "shortlist")
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not an nmt shortlist (make one with nmt shortlist)")
         if payload["fingerprint"] != tokenizer_fingerprint(tokenizer):

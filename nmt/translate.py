@@ -80,7 +80,8 @@ class Translator:
         s = self.settings
         batch = make_batch(ids).to(self.device)
         subset = None
-        if self.shortlist is not None and self._output_weight is not None:
+        if self._output_weight is not None:  # set exactly when there is a shortlist
+            assert self.shortlist is not None
             candidates = self.shortlist.candidates(batch.src).to(self.device)
             subset = OutputSubset(candidates, self._output_weight.index_select(0, candidates))
         with torch.autocast(

@@ -133,6 +133,11 @@ def test_shortlist_cli(trained, toy_dataset, tmp_path) -> None:
         _invoke("translate", trained, "--shortlist", trained / "best.pt", input=text),
         "not an nmt shortlist",
     )
+    (tmp_path / "garbage.pt").write_bytes(b"PK\x03\x04 not a zip archive")
+    _assert_clean_error(
+        _invoke("translate", trained, "--shortlist", tmp_path / "garbage.pt", input=text),
+        "not a readable nmt shortlist",
+    )
     _assert_clean_error(
         _invoke("shortlist", trained, "--data", toy_dataset, "--frequent", "-1"),
         "must not be negative",

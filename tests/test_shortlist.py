@@ -7,6 +7,7 @@ import torch
 
 from nmt.batching import make_batch
 from nmt.errors import CheckpointError
+from nmt.model import OutputSubset
 from nmt.recipe import TokenizerConfig
 from nmt.search import beam_search, greedy
 from nmt.shortlist import Shortlist, build
@@ -61,8 +62,6 @@ def test_small_shortlist_only_emits_candidates(toy_tokenizer) -> None:
     shortlist = _shortlist(toy_tokenizer, frequent=2, per_source=1)
     src, _ = synthetic_pairs(6, seed=6)
     batch = make_batch(toy_tokenizer.encode_source(src))
-    from nmt.model import OutputSubset
-
     ids = shortlist.candidates(batch.src)
     subset = OutputSubset(ids, model.decoder.output.weight[ids].detach())
     allowed = set(ids.tolist())

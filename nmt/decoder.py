@@ -120,8 +120,19 @@ class Decoder(nn.Module):
         return DecoderState(hidden, feed)
 
     def _attend(self, outputs: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
-        """RNN outputs (B, T, Hd) -> attentional vectors (B, T, A) and weights (B, T, S)."""
-        context, weights = self.attention(outputs, memory.states, memory.keys, memory.mask)
+        """RNN outputs (B, T, Hd) -> attentional vectors (B, T, A) and weights (B, T, S).
+
+        Memory may hold one row per K consecutive output rows (the K hypotheses of a source in
+        beam search): the hypotheses then act as K more query steps of their source, so the
+        memory is neither copied K times nor reordered when the beams are.
+        """
+        rows, steps = outputs.size(0), outputs.size(1)
+        sources = memory.states.size(0)
+        query = outputs if rows == sources else outputs.reshape(sources, -1, outputs.size(-1))
+        context, weights = self.attention(query, memory.states, memory.keys, memory.mask)
+        if rows != sources:  # (N, K*T, .) -> (N*K, T, .)
+            context = context.reshape(rows, steps, -1)
+            weights = weights.reshape(rows, steps, -1)
         attentional = torch.tanh(self.combine(torch.cat([context, outputs], dim=-1)))
         return self.dropout(attentional), weights
 

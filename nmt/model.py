@@ -42,6 +42,23 @@ class Seq2Seq(nn.Module):
         encoded = self.encoder(src, src_lengths)
         return self.decoder.prepare_memory(encoded), self.decoder.init_state(encoded)
 
+    def decode_step_logits(
+        self,
+        tokens: torch.Tensor,
+        state: DecoderState,
+        memory: Memory,
+        subset: OutputSubset | None = None,
+    ) -> tuple[torch.Tensor, DecoderState]:
+        """Unnormalised fp32 scores of the next token after `tokens` (B,), and the new state.
+
+        (B, V) over the vocabulary, or (B, C) over `subset.ids`. Search normalises only what it
+        keeps, so no (B, V) log-probability tensor is ever written.
+        """
+        attentional, state, _ = self.decoder.step_attentional(tokens.unsqueeze(1), state, memory)
+        if subset is None:
+            return self.decoder.output(attentional).float(), state
+        return (attentional @ subset.weight.t()).float(), state
+
     def decode_step(
         self,
         tokens: torch.Tensor,
@@ -53,11 +70,10 @@ class Seq2Seq(nn.Module):
 
         With `subset`, only its rows are scored and normalised; the other tokens get -inf.
         """
+        logits, state = self.decode_step_logits(tokens, state, memory, subset)
+        scored = torch.log_softmax(logits, dim=-1)
         if subset is None:
-            logits, state, _ = self.decoder.step(tokens, state, memory)
-            return torch.log_softmax(logits.float(), dim=-1), state
-        attentional, state, _ = self.decoder.step_attentional(tokens.unsqueeze(1), state, memory)
-        scored = torch.log_softmax((attentional @ subset.weight.t()).float(), dim=-1)  # (B, C)
+            return scored, state
         log_probs = scored.new_full((scored.size(0), self.decoder.output.out_features), -math.inf)
         return log_probs.index_copy_(1, subset.ids, scored), state
 

@@ -3,6 +3,9 @@
 Beam search keeps all live hypotheses of all sentences in one (sentences x beam) batch, keeps
 2 x beam candidates per step so that hypotheses ending in EOS do not shrink the live beam, puts
 finished hypotheses aside, and drops sentences from the batch once they have `beam` finished ones.
+The K hypotheses of a sentence share one row of encoder memory. Each step takes the top 2K of
+every row's raw scores and normalises only those (a sentence's best 2K candidates are among them),
+so no (rows x vocabulary) log-probability tensor is written.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from nmt.batching import Batch
+from nmt.decoder import DecoderState, Memory
 from nmt.model import OutputSubset, Seq2Seq
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -34,17 +38,50 @@ def max_output_lengths(src_lengths: torch.Tensor, ratio: float, cap: int) -> lis
     return [min(cap, math.ceil(ratio * int(n)) + 5) for n in src_lengths]
 
 
-def _forbid_specials(log_probs: torch.Tensor) -> None:
-    log_probs[:, PAD_ID] = float("-inf")
-    log_probs[:, BOS_ID] = float("-inf")
+@dataclass(frozen=True)
+class _Columns:
+    """What the columns of a step's scores stand for: every token, or a shortlist's candidates."""
+
+    subset: OutputSubset | None
+    eos: int  # the column of EOS
+    forbidden: torch.Tensor  # columns never chosen: PAD and BOS
+
+    @classmethod
+    def of(cls, subset: OutputSubset | None, device: torch.device) -> _Columns:
+        if subset is None:
+            return cls(None, EOS_ID, torch.tensor([PAD_ID, BOS_ID], device=device))
+        eos = (subset.ids == EOS_ID).nonzero().view(-1)
+        if eos.numel() == 0:
+            raise ValueError("an output subset must contain EOS")
+        forbidden = ((subset.ids == PAD_ID) | (subset.ids == BOS_ID)).nonzero().view(-1)
+        return cls(subset, int(eos[0]), forbidden)
+
+    def tokens(self, columns: torch.Tensor) -> torch.Tensor:
+        return columns if self.subset is None else self.subset.ids[columns]
 
 
-def _force_eos(log_probs: torch.Tensor, rows: torch.Tensor) -> None:
-    """Rows that reached their length limit may only end."""
-    if rows.any():
-        eos = log_probs[rows, EOS_ID].clone()
-        log_probs[rows] = float("-inf")
-        log_probs[rows, EOS_ID] = eos
+def _next_scores(
+    model: Seq2Seq,
+    tokens: torch.Tensor,
+    state: DecoderState,
+    memory: Memory,
+    columns: _Columns,
+    at_limit: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
+    """Scores (N, C) of the next token under search's rules, each row's log-normaliser (N, 1).
+
+    scores - normaliser are log-probabilities. PAD and BOS are never chosen; rows `at_limit`
+    (N,) may only end. Search takes its top-k or max of the raw scores and normalises just those:
+    the (N, C) log_softmax and the running-score sum over it cost as much as the top-k itself.
+    """
+    scores, state = model.decode_step_logits(tokens, state, memory, columns.subset)
+    log_norm = torch.logsumexp(scores, dim=-1, keepdim=True)
+    scores.index_fill_(1, columns.forbidden, float("-inf"))
+    if bool(at_limit.any()):
+        eos = scores[at_limit, columns.eos].clone()
+        scores[at_limit] = float("-inf")
+        scores[at_limit, columns.eos] = eos
+    return scores, log_norm, state
 
 
 @torch.inference_mode()
@@ -70,13 +107,15 @@ def greedy(
     lengths = torch.zeros(size, dtype=torch.long, device=device)
     active = torch.arange(size, device=device)  # rows still decoding; finished rows leave
     tokens = torch.full((size,), BOS_ID, dtype=torch.long, device=device)
+    columns = _Columns.of(subset, device)
     for t in range(steps):
-        log_probs, state = model.decode_step(tokens, state, memory, subset)  # (N, V)
-        _forbid_specials(log_probs)
-        _force_eos(log_probs, limits[active] <= t)
-        best, tokens = log_probs.max(dim=-1)
+        step_scores, log_norm, state = _next_scores(
+            model, tokens, state, memory, columns, limits[active] <= t
+        )  # (N, C), (N, 1)
+        best, column = step_scores.max(dim=-1)
+        tokens = columns.tokens(column)
         output[active, t] = tokens
-        scores[active] += best
+        scores[active] += best - log_norm.squeeze(1)
         lengths[active] += 1
         ended = tokens == EOS_ID
         if bool(ended.any()):
@@ -117,8 +156,8 @@ def beam_search(
     k = beam_size
     device = batch.src.device
     memory, state = model.encode(batch.src, batch.src_lengths)
-    tile = torch.arange(batch.size, device=device).repeat_interleave(k)
-    memory, state = memory.select(tile), state.select(tile)
+    # Rows i*K .. i*K+K-1 are the hypotheses of sentence i; they share its memory (N, S, M).
+    state = state.select(torch.arange(batch.size, device=device).repeat_interleave(k))
     limits_all = torch.tensor(
         max_output_lengths(batch.src_lengths, max_length_ratio, max_length), device=device
     )
@@ -130,15 +169,19 @@ def beam_search(
     prev = torch.full((batch.size * k,), BOS_ID, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch.size)]
 
+    columns = _Columns.of(subset, device)
     for t in range(int(limits_all.max()) + 1):
         n = active.numel()
-        log_probs, state = model.decode_step(prev, state, memory, subset)  # (N*K, V)
-        vocab = log_probs.size(-1)
-        _forbid_specials(log_probs)
-        _force_eos(log_probs, (limits_all[active] <= t).repeat_interleave(k))
-        candidates = (scores.view(-1, 1) + log_probs).view(n, k * vocab)  # (N, K*V)
-        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=-1)  # (N, 2K)
-        top_beam, top_token = top_index // vocab, top_index % vocab
+        step_scores, log_norm, state = _next_scores(
+            model, prev, state, memory, columns, (limits_all[active] <= t).repeat_interleave(k)
+        )  # (N*K, C), (N*K, 1)
+        # A sentence's best 2K continuations are among the best 2K of each of its K rows.
+        width = min(2 * k, step_scores.size(-1))
+        row_scores, row_columns = step_scores.topk(width, dim=-1)  # (N*K, W)
+        candidates = (scores.view(-1, 1) + (row_scores - log_norm)).view(n, k * width)
+        top_scores, top_index = candidates.topk(min(2 * k, k * width), dim=-1)  # (N, 2K)
+        top_beam = top_index // width
+        top_token = columns.tokens(row_columns.view(n, k * width).gather(1, top_index))
         is_eos = (top_token == EOS_ID) & torch.isfinite(top_scores)
 
         # Hypotheses ending here, among the first K candidates, are set aside.
@@ -176,7 +219,7 @@ def beam_search(
             keep_rows = (keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
             active, scores = active[keep], scores[keep]
             history, prev = history.index_select(0, keep_rows), prev.index_select(0, keep_rows)
-            state, memory = state.select(keep_rows), memory.select(keep_rows)
+            state, memory = state.select(keep_rows), memory.select(keep)
 
     empty = Hypothesis([], float("-inf"), float("-inf"))  # only if every candidate was impossible
     return [

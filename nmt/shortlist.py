@@ -4,8 +4,9 @@ The output layer is half of a decoding step's FLOPs (8000 x 256 of the reference
 MFLOP a row). For each batch the candidates are the `frequent` most common target tokens plus, for
 every source token in the batch, the `per_source` target tokens that co-occur with it most (Dice
 coefficient over the training pairs: 2 c(s, t) / (c(s) + c(t)), counting each pair once).
-Log-probabilities are normalised over the candidates; every other token gets -inf, so search code is
-unchanged. Built once per run from its training data (`nmt shortlist RUN`).
+Log-probabilities are normalised over the candidates, and search ranks, picks and normalises in
+candidate space (only the chosen ids are mapped back to the vocabulary). Built once per run from its
+training data (`nmt shortlist RUN`).
 """
 
 from __future__ import annotations

@@ -107,3 +107,19 @@ def test_unrolled_lstm_matches_reference_loop(toy_tokenizer, layers) -> None:
     assert fast_grads.keys() == ref_grads.keys()
     for name in ref_grads:
         torch.testing.assert_close(fast_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attention", ["luong", "bahdanau"])
+def test_hypotheses_share_their_source_memory(toy_tokenizer, attention) -> None:
+    """Beam search keeps one memory row per source for its K hypotheses: the step must equal
+    the step over memory copied K times."""
+    model = tiny_model(toy_tokenizer, attention=attention, seed=5)
+    batch = _batch(toy_tokenizer, n=3, seed=4)
+    k = 4
+    memory, state = model.encode(batch.src, batch.src_lengths)
+    tile = torch.arange(batch.size).repeat_interleave(k)
+    state = state.select(tile)
+    tokens = torch.randint(4, toy_tokenizer.target_vocab_size, (batch.size * k,))
+    shared, _ = model.decode_step(tokens, state, memory)
+    tiled, _ = model.decode_step(tokens, state, memory.select(tile))
+    torch.testing.assert_close(shared, tiled)

@@ -33,7 +33,7 @@ class ScriptedModel:
         )
         return memory, DecoderState(torch.zeros(1, n, 32, dtype=torch.long), None)
 
-    def decode_step(self, tokens, state, memory, subset=None):
+    def decode_step_logits(self, tokens, state, memory, subset=None):
         assert subset is None
         hidden = state.hidden.clone()  # (1, N, 32): [length, t1, t2, ...]
         out = torch.full((tokens.size(0), self.vocab), math.log(1e-9))
@@ -144,3 +144,57 @@ def test_bad_arguments(toy_tokenizer) -> None:
         beam_search(model, batch, beam_size=0)
     with pytest.raises(ValueError, match="n-best"):
         beam_search(model, batch, beam_size=2, n_best=3)
+
+
+def _teacher_forced_score(model, source, tokens, subset=None) -> float:
+    """log p(tokens + EOS | source) under the model, normalised over `subset` if given."""
+    batch = make_batch([source], [tokens])
+    with torch.no_grad():
+        logits = model(batch)[0]  # (T, V)
+    if subset is not None:
+        allowed = torch.full_like(logits, float("-inf"))
+        allowed[:, subset.ids] = 0.0
+        logits = logits + allowed
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return float(log_probs.gather(1, batch.tgt_out[0].unsqueeze(1)).sum())
+
+
+@pytest.mark.parametrize("use_subset", [False, True])
+@pytest.mark.parametrize("changes", [{}, {"attention": "bahdanau", "input_feeding": False}])
+def test_hypothesis_scores_are_model_log_probabilities(toy_tokenizer, use_subset, changes) -> None:
+    """Search normalises only the scores it keeps: each n-best score must still be the model's
+    log-probability of the hypothesis, EOS included (and over the shortlist when there is one)."""
+    from nmt.model import OutputSubset
+
+    model = tiny_model(toy_tokenizer, seed=3, **changes)
+    with torch.no_grad():
+        model.decoder.output.weight[EOS_ID] *= 3
+    src, _ = synthetic_pairs(6, seed=8)
+    ids = toy_tokenizer.encode_source(src)
+    batch = make_batch(ids)
+    subset = None
+    if use_subset:
+        keep = torch.arange(0, toy_tokenizer.target_vocab_size, 2)
+        keep = torch.unique(torch.cat([keep, torch.tensor([EOS_ID])]))
+        subset = OutputSubset(keep, model.decoder.output.weight[keep].detach())
+    nbest = beam_search(model, batch, beam_size=3, n_best=3, subset=subset)
+    greedy_hyps = greedy(model, batch, subset=subset)
+    checked = 0
+    for source, hyps, g in zip(ids, nbest, greedy_hyps, strict=True):
+        for h in [*hyps, g]:
+            if subset is not None:
+                assert set(h.tokens) <= set(subset.ids.tolist())
+            expected = _teacher_forced_score(model, source, h.tokens, subset)
+            assert h.score == pytest.approx(expected, abs=1e-3)
+            checked += 1
+    assert checked == 6 * 4
+
+
+def test_output_subset_without_eos_refused(toy_tokenizer) -> None:
+    from nmt.model import OutputSubset
+
+    model = tiny_model(toy_tokenizer)
+    batch = make_batch(toy_tokenizer.encode_source(["der hund"]))
+    ids = torch.tensor([10, 11, 12])
+    with pytest.raises(ValueError, match="EOS"):
+        greedy(model, batch, subset=OutputSubset(ids, model.decoder.output.weight[ids].detach()))

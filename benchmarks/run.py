@@ -273,7 +273,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "multi30k")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64, help="decoding batch (sentences)")
+    parser.add_argument("--batch-size", type=int, default=128, help="decoding batch (sentences)")
     parser.add_argument("--phase", choices=["ceiling", "train", "decode"], help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--shortlist", type=Path, help=argparse.SUPPRESS)

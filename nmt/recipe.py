@@ -104,7 +104,7 @@ class DecodeConfig:
     length_penalty: float = 0.6  # GNMT alpha; 0 = no length normalisation
     max_length_ratio: float = 2.0  # at most ratio * source tokens + 5 target tokens
     max_length: int = 256  # absolute cap on target tokens
-    batch_size: int = 64  # sentences per decoding batch
+    batch_size: int = 128  # sentences per decoding batch (128 beat 64 and 256 in speed)
     average_checkpoints: int = 1  # >1: average the last N checkpoints before decoding
 
 

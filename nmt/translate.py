@@ -30,7 +30,7 @@ class SearchSettings:
     length_penalty: float = 0.6
     max_length_ratio: float = 2.0
     max_length: int = 256
-    batch_size: int = 64
+    batch_size: int = 128
     max_source_tokens: int = 250
 
     def __post_init__(self) -> None:

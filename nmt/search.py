@@ -4,8 +4,8 @@ Beam search keeps all live hypotheses of all sentences in one (sentences x beam)
 2 x beam candidates per step so that hypotheses ending in EOS do not shrink the live beam, puts
 finished hypotheses aside, and drops sentences from the batch once they have `beam` finished ones.
 The K hypotheses of a sentence share one row of encoder memory. Each step takes the top 2K of
-every row's raw scores and normalises only those (a sentence's best 2K candidates are among them),
-so no (rows x vocabulary) log-probability tensor is written.
+every row first (a sentence's best 2K candidates are among them) and adds the running scores to
+those alone. With a shortlist, all of it happens over the candidates' columns.
 """
 
 from __future__ import annotations
@@ -60,28 +60,44 @@ class _Columns:
         return columns if self.subset is None else self.subset.ids[columns]
 
 
-def _next_scores(
+def top_k(values: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """values.topk(k, dim=-1) of an (N, C) tensor, sorted, in about half torch's time for C = 8000.
+
+    The k largest values of a row lie in the k blocks of `block` columns with the largest maxima,
+    and a block maximum (amax) is vectorised where topk and max-with-index are not: two small
+    top-k's replace one over all C columns. Among tied values the column returned may differ.
+    """
+    n, c = values.shape
+    if c % block or c < 4 * k * block:  # small or ragged rows: torch's own is as fast
+        return values.topk(k, dim=-1)
+    blocks = values.view(n, c // block, block)
+    chosen = blocks.amax(dim=-1).topk(k, dim=-1).indices  # (N, k) blocks
+    inside = blocks.gather(1, chosen.unsqueeze(-1).expand(-1, -1, block)).view(n, k * block)
+    top, where = inside.topk(k, dim=-1)  # (N, k)
+    return top, chosen.gather(1, where // block) * block + where % block
+
+
+def _next_log_probs(
     model: Seq2Seq,
     tokens: torch.Tensor,
     state: DecoderState,
     memory: Memory,
     columns: _Columns,
     at_limit: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
-    """Scores (N, C) of the next token under search's rules, each row's log-normaliser (N, 1).
+) -> tuple[torch.Tensor, DecoderState]:
+    """Log-probabilities (N, C) of the next token under search's rules, and the new state.
 
-    scores - normaliser are log-probabilities. PAD and BOS are never chosen; rows `at_limit`
-    (N,) may only end. Search takes its top-k or max of the raw scores and normalises just those:
-    the (N, C) log_softmax and the running-score sum over it cost as much as the top-k itself.
+    PAD and BOS are never chosen; rows `at_limit` (N,) may only end. torch's fused log_softmax
+    is one pass; a logsumexp of the raw scores (amax, sub, exp, sum) measured three times slower.
     """
     scores, state = model.decode_step_logits(tokens, state, memory, columns.subset)
-    log_norm = torch.logsumexp(scores, dim=-1, keepdim=True)
-    scores.index_fill_(1, columns.forbidden, float("-inf"))
+    log_probs = torch.log_softmax(scores, dim=-1)
+    log_probs.index_fill_(1, columns.forbidden, float("-inf"))
     if bool(at_limit.any()):
-        eos = scores[at_limit, columns.eos].clone()
-        scores[at_limit] = float("-inf")
-        scores[at_limit, columns.eos] = eos
-    return scores, log_norm, state
+        eos = log_probs[at_limit, columns.eos].clone()
+        log_probs[at_limit] = float("-inf")
+        log_probs[at_limit, columns.eos] = eos
+    return log_probs, state
 
 
 @torch.inference_mode()
@@ -109,13 +125,13 @@ def greedy(
     tokens = torch.full((size,), BOS_ID, dtype=torch.long, device=device)
     columns = _Columns.of(subset, device)
     for t in range(steps):
-        step_scores, log_norm, state = _next_scores(
+        log_probs, state = _next_log_probs(
             model, tokens, state, memory, columns, limits[active] <= t
-        )  # (N, C), (N, 1)
-        best, column = step_scores.max(dim=-1)
+        )  # (N, C)
+        best, column = (x.squeeze(1) for x in top_k(log_probs, 1))
         tokens = columns.tokens(column)
         output[active, t] = tokens
-        scores[active] += best - log_norm.squeeze(1)
+        scores[active] += best
         lengths[active] += 1
         ended = tokens == EOS_ID
         if bool(ended.any()):
@@ -172,13 +188,14 @@ def beam_search(
     columns = _Columns.of(subset, device)
     for t in range(int(limits_all.max()) + 1):
         n = active.numel()
-        step_scores, log_norm, state = _next_scores(
+        log_probs, state = _next_log_probs(
             model, prev, state, memory, columns, (limits_all[active] <= t).repeat_interleave(k)
-        )  # (N*K, C), (N*K, 1)
-        # A sentence's best 2K continuations are among the best 2K of each of its K rows.
-        width = min(2 * k, step_scores.size(-1))
-        row_scores, row_columns = step_scores.topk(width, dim=-1)  # (N*K, W)
-        candidates = (scores.view(-1, 1) + (row_scores - log_norm)).view(n, k * width)
+        )  # (N*K, C)
+        # A sentence's best 2K continuations are among the best 2K of each of its K rows, so the
+        # running scores are added to (N*K, 2K) values, not to (N*K, C).
+        width = min(2 * k, log_probs.size(-1))
+        row_scores, row_columns = top_k(log_probs, width)  # (N*K, W)
+        candidates = (scores.view(-1, 1) + row_scores).view(n, k * width)
         top_scores, top_index = candidates.topk(min(2 * k, k * width), dim=-1)  # (N, 2K)
         top_beam = top_index // width
         top_token = columns.tokens(row_columns.view(n, k * width).gather(1, top_index))

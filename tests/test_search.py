@@ -198,3 +198,22 @@ def test_output_subset_without_eos_refused(toy_tokenizer) -> None:
     ids = torch.tensor([10, 11, 12])
     with pytest.raises(ValueError, match="EOS"):
         greedy(model, batch, subset=OutputSubset(ids, model.decoder.output.weight[ids].detach()))
+
+
+@pytest.mark.parametrize(
+    "shape,k", [((7, 8000), 10), ((3, 8000), 1), ((5, 4096), 16), ((4, 300), 3)]
+)
+def test_top_k_equals_torch_topk(shape, k) -> None:
+    """The blockwise top-k returns torch.topk's values, sorted, and columns that hold them."""
+    from nmt.search import top_k
+
+    gen = torch.Generator().manual_seed(sum(shape) + k)
+    values = torch.randn(shape, generator=gen)
+    values[0, :] = float("-inf")  # a row at its length limit: one finite value
+    values[0, 17] = -3.0
+    values[1, 128:192] = 50.0 + torch.arange(64.0)  # all of the best in one block
+    expected, _ = values.topk(k, dim=-1)
+    got, columns = top_k(values, k)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(values.gather(1, columns), got)
+    assert all(len(set(row)) == k for row in columns.tolist())  # k distinct columns a row

@@ -51,8 +51,8 @@ class Seq2Seq(nn.Module):
     ) -> tuple[torch.Tensor, DecoderState]:
         """Unnormalised fp32 scores of the next token after `tokens` (B,), and the new state.
 
-        (B, V) over the vocabulary, or (B, C) over `subset.ids`. Search normalises only what it
-        keeps, so no (B, V) log-probability tensor is ever written.
+        (B, V) over the vocabulary, or (B, C) over `subset.ids`: with a shortlist, search works in
+        candidate space and maps only the ids it picks back to the vocabulary.
         """
         attentional, state, _ = self.decoder.step_attentional(tokens.unsqueeze(1), state, memory)
         if subset is None:

@@ -65,11 +65,12 @@ def top_k(values: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor, 
 
     The k largest values of a row lie in the k blocks of `block` columns with the largest maxima,
     and a block maximum (amax) is vectorised where topk and max-with-index are not: two small
-    top-k's replace one over all C columns. Among tied values the column returned may differ.
+    top-k's replace one over all C columns (on CPU; elsewhere this is torch.topk). Among tied
+    values the column returned may differ.
     """
     n, c = values.shape
-    if c % block or c < 4 * k * block:  # small or ragged rows: torch's own is as fast
-        return values.topk(k, dim=-1)
+    if values.device.type != "cpu" or c % block or c < 4 * k * block:
+        return values.topk(k, dim=-1)  # GPUs, small or ragged rows: torch's own is as fast
     blocks = values.view(n, c // block, block)
     chosen = blocks.amax(dim=-1).topk(k, dim=-1).indices  # (N, k) blocks
     inside = blocks.gather(1, chosen.unsqueeze(-1).expand(-1, -1, block)).view(n, k * block)
@@ -88,7 +89,7 @@ def _next_log_probs(
     """Log-probabilities (N, C) of the next token under search's rules, and the new state.
 
     PAD and BOS are never chosen; rows `at_limit` (N,) may only end. torch's fused log_softmax
-    is one pass; a logsumexp of the raw scores (amax, sub, exp, sum) measured three times slower.
+    is one pass; a logsumexp of the raw scores (amax, sub, exp, sum: four passes) measured slower.
     """
     scores, state = model.decode_step_logits(tokens, state, memory, columns.subset)
     log_probs = torch.log_softmax(scores, dim=-1)

@@ -54,9 +54,10 @@ class Seq2Seq(nn.Module):
         (B, V) over the vocabulary, or (B, C) over `subset.ids`: with a shortlist, search works in
         candidate space and maps only the ids it picks back to the vocabulary.
         """
-        attentional, state, _ = self.decoder.step_attentional(tokens.unsqueeze(1), state, memory)
         if subset is None:
-            return self.decoder.output(attentional).float(), state
+            logits, state, _ = self.decoder.step(tokens, state, memory)
+            return logits.float(), state
+        attentional, state, _ = self.decoder.step_attentional(tokens.unsqueeze(1), state, memory)
         return (attentional @ subset.weight.t()).float(), state
 
     def decode_step(

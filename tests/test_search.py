@@ -6,7 +6,8 @@ import torch
 
 from nmt.batching import make_batch
 from nmt.decoder import DecoderState, Memory
-from nmt.search import beam_search, greedy, length_penalty, max_output_lengths
+from nmt.model import OutputSubset
+from nmt.search import beam_search, greedy, length_penalty, max_output_lengths, top_k
 from nmt.tokenizer import BOS_ID, EOS_ID
 
 from .conftest import synthetic_pairs, tiny_model
@@ -162,10 +163,9 @@ def _teacher_forced_score(model, source, tokens, subset=None) -> float:
 @pytest.mark.parametrize("use_subset", [False, True])
 @pytest.mark.parametrize("changes", [{}, {"attention": "bahdanau", "input_feeding": False}])
 def test_hypothesis_scores_are_model_log_probabilities(toy_tokenizer, use_subset, changes) -> None:
-    """Search normalises only the scores it keeps: each n-best score must still be the model's
-    log-probability of the hypothesis, EOS included (and over the shortlist when there is one)."""
-    from nmt.model import OutputSubset
-
+    """Search picks per-row top-k before adding running scores and works in candidate space with
+    a shortlist: each n-best score must still be the model's log-probability of the hypothesis,
+    EOS included (normalised over the shortlist when there is one)."""
     model = tiny_model(toy_tokenizer, seed=3, **changes)
     with torch.no_grad():
         model.decoder.output.weight[EOS_ID] *= 3
@@ -191,8 +191,6 @@ def test_hypothesis_scores_are_model_log_probabilities(toy_tokenizer, use_subset
 
 
 def test_output_subset_without_eos_refused(toy_tokenizer) -> None:
-    from nmt.model import OutputSubset
-
     model = tiny_model(toy_tokenizer)
     batch = make_batch(toy_tokenizer.encode_source(["der hund"]))
     ids = torch.tensor([10, 11, 12])
@@ -205,8 +203,6 @@ def test_output_subset_without_eos_refused(toy_tokenizer) -> None:
 )
 def test_top_k_equals_torch_topk(shape, k) -> None:
     """The blockwise top-k returns torch.topk's values, sorted, and columns that hold them."""
-    from nmt.search import top_k
-
     gen = torch.Generator().manual_seed(sum(shape) + k)
     values = torch.randn(shape, generator=gen)
     values[0, :] = float("-inf")  # a row at its length limit: one finite value

@@ -100,7 +100,10 @@ def phase_train(args: argparse.Namespace) -> dict:
     tokenizer = Tokenizer.train(text.source, text.target, TokenizerConfig(vocab_size=8000), 0)
     src, tgt = tokenizer.encode_source(text.source), tokenizer.encode_target(text.target)
     out = {}
-    for label, changes, precision in TRAIN_VARIANTS:
+    variants = TRAIN_VARIANTS
+    if args.variant == "system_malloc":  # the reference fp32 step under glibc's default malloc
+        variants = (("train_fp32_system_malloc", {}, "fp32"),)
+    for label, changes, precision in variants:
         fields = {k: v for k, v in changes.items() if k != "unrolled_lstm"}
         config = ModelConfig(tie_output=False, tie_embeddings=False, **fields)
         torch.manual_seed(0)
@@ -187,11 +190,15 @@ def phase_decode(args: argparse.Namespace) -> dict:
     return out
 
 
-def peak_rss_of_command(args: list[str]) -> float:
+def peak_rss_of_command(args: list[str], system_malloc: bool = False) -> float:
     """Peak RSS (MB) of one `cli.py` command run to completion in its own process."""
+    env = {**os.environ, "NMT_SYSTEM_MALLOC": "1" if system_malloc else "0"}
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "cli.py"), *args], stdout=subprocess.DEVNULL, stderr=err
+            [sys.executable, str(ROOT / "cli.py"), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
         )
         _, status, usage = os.wait4(proc.pid, 0)
         if status != 0:
@@ -205,21 +212,22 @@ def process_rss(args: argparse.Namespace) -> dict:
     steps, a validation and a checkpoint) and of `nmt translate` of test2016 from a file."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        out["rss_train"] = peak_rss_of_command(
-            [
-                "train",
-                str(ROOT / "recipes" / "multi30k_de_en.yaml"),
-                "--data",
-                str(args.data),
-                "--out",
-                f"{tmp}/run",
-                "--threads",
-                str(args.threads),
-                "--no-progress",
-                *("--set", "model.tie_embeddings=false", "--set", "model.tie_output=false"),
-                *("--set", "train.max_steps=30", "--set", "train.validate_every=1000"),
-            ]
-        )
+        train = [
+            "train",
+            str(ROOT / "recipes" / "multi30k_de_en.yaml"),
+            "--data",
+            str(args.data),
+            "--out",
+            f"{tmp}/run",
+            "--overwrite",
+            "--threads",
+            str(args.threads),
+            "--no-progress",
+            *("--set", "model.tie_embeddings=false", "--set", "model.tie_output=false"),
+            *("--set", "train.max_steps=30", "--set", "train.validate_every=1000"),
+        ]
+        out["rss_train"] = peak_rss_of_command(train)
+        out["rss_train_system_malloc"] = peak_rss_of_command(train, system_malloc=True)
         if args.model:
             from nmt.data import load_splits
             from nmt.recipe import DataConfig
@@ -237,7 +245,12 @@ def process_rss(args: argparse.Namespace) -> dict:
     return out
 
 
-def child(phase: str, args: argparse.Namespace, extra: list[str] | None = None) -> dict:
+def child(
+    phase: str,
+    args: argparse.Namespace,
+    extra: list[str] | None = None,
+    system_malloc: bool = False,
+) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -257,7 +270,8 @@ def child(phase: str, args: argparse.Namespace, extra: list[str] | None = None) 
     if args.shortlist:
         cmd += ["--shortlist", str(args.shortlist)]
     cmd += extra or []
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = {**os.environ, "NMT_SYSTEM_MALLOC": "1" if system_malloc else "0"}
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise SystemExit(f"phase {phase} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -285,7 +299,10 @@ def main() -> None:
     if args.phase:
         import torch
 
+        from nmt.runtime import tune_allocator
+
         torch.set_num_threads(args.threads)
+        tune_allocator()  # as `nmt train` does; a no-op when NMT_SYSTEM_MALLOC=1
         result = {"ceiling": phase_ceiling, "train": phase_train, "decode": phase_decode}[
             args.phase
         ](args)
@@ -294,12 +311,14 @@ def main() -> None:
 
     ceiling = child("ceiling", args)
     train = child("train", args)
+    reference = child("train", args, ["--variant", "system_malloc"], system_malloc=True)
+    train.update({k: v for k, v in reference.items() if k != "peak_rss_mb"})
     rows = [
         ("matmul fp32 2048^2", f"{ceiling['matmul_fp32_gflops']:.0f} GFLOP/s", ""),
         ("matmul bf16 2048^2", f"{ceiling['matmul_bf16_gflops']:.0f} GFLOP/s", ""),
     ]
     base = train["train_fp32_tok_s"]
-    for label, _, ceil in TRAIN_VARIANTS:
+    for label, _, ceil in (*TRAIN_VARIANTS, ("train_fp32_system_malloc", {}, "fp32")):
         ratio = train[f"{label}_gflops"] / ceiling[f"matmul_{ceil}_gflops"]
         rows.append(
             (
@@ -316,6 +335,13 @@ def main() -> None:
             f"{rss['rss_train']:.0f} MB",
             "reference model, whole process; the benchmark's train phase with "
             f"{len(TRAIN_VARIANTS)} models: {train['peak_rss_mb']:.0f} MB",
+        )
+    )
+    rows.append(
+        (
+            "peak RSS nmt train, system malloc",
+            f"{rss['rss_train_system_malloc']:.0f} MB",
+            "the same with NMT_SYSTEM_MALLOC=1 (glibc's defaults: big blocks mmapped and freed)",
         )
     )
     for beam in (1, 5) if args.model else ():

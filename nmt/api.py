@@ -26,6 +26,7 @@ from nmt.runtime import (
     resolve_device,
     seed_everything,
     set_threads,
+    tune_allocator,
 )
 from nmt.shortlist import Shortlist
 from nmt.textio import decode_lines, open_input, open_output, read_text_lines
@@ -105,6 +106,7 @@ def train(
     rec = _recipe(recipe, overrides)
     run_dir = Path(out_dir) if out_dir is not None else Path("runs") / rec.name
     set_threads(threads)
+    tune_allocator()
     dev = resolve_device(device)
     existing = _prepare_run_dir(run_dir, resume, overwrite)
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")

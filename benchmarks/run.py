@@ -84,6 +84,14 @@ TRAIN_VARIANTS = (
     ("train_bf16", {}, "bf16"),
     ("train_fp32_no_input_feeding", {"input_feeding": False}, "fp32"),
 )
+# The reference fp32 step under glibc's default malloc, in a process of its own (the allocator
+# setting is process-wide).
+SYSTEM_MALLOC_VARIANT = ("train_fp32_system_malloc", {}, "fp32")
+
+
+def malloc_env(system_malloc: bool) -> dict[str, str]:
+    """The environment of a child process: NMT_SYSTEM_MALLOC=1 keeps glibc's defaults."""
+    return {**os.environ, "NMT_SYSTEM_MALLOC": "1" if system_malloc else "0"}
 
 
 def phase_train(args: argparse.Namespace) -> dict:
@@ -101,8 +109,8 @@ def phase_train(args: argparse.Namespace) -> dict:
     src, tgt = tokenizer.encode_source(text.source), tokenizer.encode_target(text.target)
     out = {}
     variants = TRAIN_VARIANTS
-    if args.variant == "system_malloc":  # the reference fp32 step under glibc's default malloc
-        variants = (("train_fp32_system_malloc", {}, "fp32"),)
+    if args.variant == "system_malloc":
+        variants = (SYSTEM_MALLOC_VARIANT,)
     for label, changes, precision in variants:
         fields = {k: v for k, v in changes.items() if k != "unrolled_lstm"}
         config = ModelConfig(tie_output=False, tie_embeddings=False, **fields)
@@ -192,13 +200,12 @@ def phase_decode(args: argparse.Namespace) -> dict:
 
 def peak_rss_of_command(args: list[str], system_malloc: bool = False) -> float:
     """Peak RSS (MB) of one `cli.py` command run to completion in its own process."""
-    env = {**os.environ, "NMT_SYSTEM_MALLOC": "1" if system_malloc else "0"}
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "cli.py"), *args],
             stdout=subprocess.DEVNULL,
             stderr=err,
-            env=env,
+            env=malloc_env(system_malloc),
         )
         _, status, usage = os.wait4(proc.pid, 0)
         if status != 0:
@@ -270,7 +277,7 @@ def child(
     if args.shortlist:
         cmd += ["--shortlist", str(args.shortlist)]
     cmd += extra or []
-    env = {**os.environ, "NMT_SYSTEM_MALLOC": "1" if system_malloc else "0"}
+    env = malloc_env(system_malloc)
     result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise SystemExit(f"phase {phase} failed:\n{result.stderr}")
@@ -318,7 +325,7 @@ def main() -> None:
         ("matmul bf16 2048^2", f"{ceiling['matmul_bf16_gflops']:.0f} GFLOP/s", ""),
     ]
     base = train["train_fp32_tok_s"]
-    for label, _, ceil in (*TRAIN_VARIANTS, ("train_fp32_system_malloc", {}, "fp32")):
+    for label, _, ceil in (*TRAIN_VARIANTS, SYSTEM_MALLOC_VARIANT):
         ratio = train[f"{label}_gflops"] / ceiling[f"matmul_{ceil}_gflops"]
         rows.append(
             (

@@ -221,14 +221,15 @@ def load_translator(
     changed here.
 
     precision: fp32; bf16 (autocast: fast only on CPUs with AMX or AVX512-BF16, and on GPUs);
-    int8 (dynamic quantization of Linear and LSTM weights, CPU only).
+    int8 (dynamic quantization of Linear and LSTM weights, CPU only: device 'auto' picks the CPU).
     shortlist: a file from `build_shortlist`; decoding scores only its candidate tokens.
     """
     set_threads(threads)
     rec, tokenizer, model, _ = ckpt.load_model(model_path)
     lexical = Shortlist.load(shortlist, tokenizer) if shortlist is not None else None
     settings = settings_from_recipe(rec, decode, **search_changes)
-    dev = resolve_device(device)
+    # int8 kernels exist only for the CPU, so 'auto' means the CPU there
+    dev = resolve_device("cpu" if precision == "int8" and device == "auto" else device)
     if precision == "int8":
         if dev.type != "cpu":
             raise NmtError("--precision int8 runs on the CPU only; add --device cpu")

@@ -22,9 +22,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise NmtError(f"device '{name}' requested but CUDA is not available")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise NmtError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise NmtError(
+            f"device '{name}' requested but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s)"
+        )
+    return device
 
 
 def set_threads(threads: int | None) -> None:

@@ -14,6 +14,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = os.path.join(_TMP_HOME, "hf")
 os.environ["SACREBLEU"] = os.path.join(_TMP_HOME, "sacrebleu")
 os.environ.pop("NMT_DATA", None)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (GPU tests)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

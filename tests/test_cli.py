@@ -194,6 +194,9 @@ def test_bad_inputs(trained, tmp_path, toy_dataset) -> None:
     bad_utf8 = tmp_path / "bad.txt"
     bad_utf8.write_bytes(b"der hund\ndie katze\n\xff\xfe kaputt\n")
     out = tmp_path / "out.txt"
+    gpus = torch.cuda.device_count()
+    missing_gpu = f"cuda:{gpus}"  # one past the last device, or cuda:0 on a machine without
+    missing_gpu_error = f"has {gpus} CUDA device(s)" if gpus else "CUDA is not available"
     empty_train = tmp_path / "empty_train"
     empty_train.mkdir()
     (empty_train / "train.jsonl").write_text("")
@@ -266,7 +269,7 @@ def test_bad_inputs(trained, tmp_path, toy_dataset) -> None:
         ),
         (["train", good, "--out", tmp_path / "r8"], "cannot load dataset 'toy/dataset'"),
         (["train", good, "--data", toy_dataset, "--out", trained], "already holds a run"),
-        (["train", good, "--device", "cuda:0", "--out", tmp_path / "r9"], "CUDA is not available"),
+        (["train", good, "--device", missing_gpu, "--out", tmp_path / "r9"], missing_gpu_error),
         (["translate", tmp_path / "nope"], "model not found"),
         (["translate", random_file], "not a readable nmt checkpoint"),
         (["translate", foreign], "not an nmt checkpoint"),

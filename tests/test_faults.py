@@ -17,7 +17,11 @@ from nmt import checkpoint as ckpt
 from .conftest import ROOT, synthetic_pairs, toy_recipe
 
 RUNNER = Path(__file__).with_name("fault_runner.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+}
 
 
 def _start(recipe: Path, data: Path, out: Path, mode: str) -> subprocess.Popen:

@@ -161,6 +161,12 @@ class Decoder(nn.Module):
 
     def forward(self, tgt_in: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
         """Teacher forcing over tgt_in (B, T): logits (B, T, V)."""
+        return self.output(self.attentional(tgt_in, state, memory))  # one (B*T, A) x (A, V)
+
+    def attentional(
+        self, tgt_in: torch.Tensor, state: DecoderState, memory: Memory
+    ) -> torch.Tensor:
+        """Teacher forcing over tgt_in (B, T), short of the output layer: (B, T, A)."""
         if self.input_feeding and self.unrolled_lstm:
             attentional_all = self._lstm_input_feeding(tgt_in, state, memory)
         elif self.input_feeding:
@@ -172,7 +178,7 @@ class Decoder(nn.Module):
         else:
             outputs, _ = self.rnn(self.embeddings(tgt_in), state.hidden)  # (B, T, Hd)
             attentional_all, _ = self._attend(outputs, memory)
-        return self.output(attentional_all)  # one (B*T, A) x (A, V) product
+        return attentional_all
 
     def _lstm_input_feeding(
         self, tgt_in: torch.Tensor, state: DecoderState, memory: Memory

@@ -84,6 +84,12 @@ class Seq2Seq(nn.Module):
         memory, state = self.encode(batch.src, batch.src_lengths)
         return self.decoder(batch.tgt_in, state, memory)
 
+    def attentional(self, batch: Batch) -> torch.Tensor:
+        """Teacher-forced attentional vectors (B, T, A): forward() short of the output layer."""
+        assert batch.tgt_in is not None
+        memory, state = self.encode(batch.src, batch.src_lengths)
+        return self.decoder.attentional(batch.tgt_in, state, memory)
+
 
 def build_model(config: ModelConfig, source_vocab_size: int, target_vocab_size: int) -> Seq2Seq:
     if config.tie_embeddings and source_vocab_size != target_vocab_size:

@@ -94,6 +94,9 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     max_bad_steps: int = 5  # stop after this many consecutive non-finite losses
     log_every: int = 100  # steps
+    # > 0: the output layer and loss run over at most this many logits at a time, each chunk
+    # back-propagated at once (less peak memory, no padding rows); 0: all at once (reference)
+    loss_chunk_elements: int = 0
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ _POSITIVE = {
     "tokenizer.max_training_sentences",
 }
 _NON_NEGATIVE = {
+    "train.loss_chunk_elements",
     "train.weight_decay",
     "train.clip_norm",
     "train.warmup_steps",

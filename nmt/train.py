@@ -28,7 +28,7 @@ from nmt.batching import BucketedBatches, make_batch
 from nmt.data import ParallelText
 from nmt.errors import TrainingError
 from nmt.evaluate import score_corpus
-from nmt.loss import sequence_loss
+from nmt.loss import chunked_output_loss, sequence_loss
 from nmt.model import Seq2Seq, count_parameters
 from nmt.recipe import Recipe, TrainConfig
 from nmt.runtime import autocast_dtype, rng_state, set_rng_state
@@ -225,13 +225,25 @@ class Trainer:
             batch = make_batch(
                 [d.source_ids[i] for i in batch_indices], [d.target_ids[i] for i in batch_indices]
             ).to(self.device)
+            assert batch.tgt_out is not None
+            chunk = self.config.loss_chunk_elements
             with torch.autocast(
                 self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None
             ):
-                logits = self.model(batch)
-            assert batch.tgt_out is not None
-            loss = sequence_loss(logits, batch.tgt_out, self.config.label_smoothing)
-            (loss / n_tokens).backward()
+                hidden = self.model.attentional(batch) if chunk else self.model(batch)
+            if chunk:  # back-propagates as it goes
+                loss = chunked_output_loss(
+                    hidden,
+                    batch.tgt_out,
+                    self.model.decoder.output,
+                    self.config.label_smoothing,
+                    chunk,
+                    backward_scale=1.0 / n_tokens,
+                    autocast_dtype=self.dtype,
+                )
+            else:
+                loss = sequence_loss(hidden, batch.tgt_out, self.config.label_smoothing)
+                (loss / n_tokens).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 self.model.parameters(),
                 self.config.clip_norm if self.config.clip_norm > 0 else math.inf,
@@ -285,12 +297,21 @@ class Trainer:
         for start in range(0, len(order), size):
             idx = order[start : start + size]
             batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx]).to(self.device)
+            assert batch.tgt_out is not None
+            chunk = self.config.loss_chunk_elements
             with torch.autocast(
                 self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None
             ):
-                logits = self.model(batch)
-            assert batch.tgt_out is not None
-            total += float(sequence_loss(logits, batch.tgt_out, 0.0))
+                hidden = self.model.attentional(batch) if chunk else self.model(batch)
+            if chunk:
+                output = self.model.decoder.output
+                total += float(
+                    chunked_output_loss(
+                        hidden, batch.tgt_out, output, 0.0, chunk, autocast_dtype=self.dtype
+                    )
+                )
+            else:
+                total += float(sequence_loss(hidden, batch.tgt_out, 0.0))
             tokens += batch.n_target_tokens
         ce = total / max(tokens, 1)
         return ce, math.exp(min(ce, 50.0))

@@ -77,16 +77,24 @@ def reference_flops_per_step(
     return 3.0 * (src_tokens * per_src + tgt_tokens * per_tgt + bridge)
 
 
-# (label, ModelConfig changes (+ unrolled_lstm), precision); the first is the reference model.
+# train.loss_chunk_elements of the chunked-loss variants: 8 MB of fp32 logits per chunk
+LOSS_CHUNK = 2**21
+# (label, ModelConfig changes (+ unrolled_lstm, loss_chunk_elements), precision); the first is
+# the reference model.
 TRAIN_VARIANTS = (
     ("train_fp32", {}, "fp32"),
     ("train_fp32_nn_lstm_per_step", {"unrolled_lstm": False}, "fp32"),
     ("train_bf16", {}, "bf16"),
     ("train_fp32_no_input_feeding", {"input_feeding": False}, "fp32"),
+    ("train_fp32_chunked_loss", {"loss_chunk_elements": LOSS_CHUNK}, "fp32"),
 )
-# The reference fp32 step under glibc's default malloc, in a process of its own (the allocator
-# setting is process-wide).
-SYSTEM_MALLOC_VARIANT = ("train_fp32_system_malloc", {}, "fp32")
+# Steps under glibc's default malloc, in a process of their own (the allocator setting is
+# process-wide).
+SYSTEM_MALLOC_VARIANTS = (
+    ("train_fp32_system_malloc", {}, "fp32"),
+    ("train_fp32_chunked_loss_system_malloc", {"loss_chunk_elements": LOSS_CHUNK}, "fp32"),
+)
+NOT_MODEL_FIELDS = ("unrolled_lstm", "loss_chunk_elements")
 
 
 def malloc_env(system_malloc: bool) -> dict[str, str]:
@@ -99,7 +107,7 @@ def phase_train(args: argparse.Namespace) -> dict:
 
     from nmt.batching import make_batch
     from nmt.data import load_splits
-    from nmt.loss import sequence_loss
+    from nmt.loss import chunked_output_loss, sequence_loss
     from nmt.model import build_model
     from nmt.recipe import DataConfig, ModelConfig, TokenizerConfig
     from nmt.tokenizer import Tokenizer
@@ -110,9 +118,9 @@ def phase_train(args: argparse.Namespace) -> dict:
     out = {}
     variants = TRAIN_VARIANTS
     if args.variant == "system_malloc":
-        variants = (SYSTEM_MALLOC_VARIANT,)
+        variants = SYSTEM_MALLOC_VARIANTS
     for label, changes, precision in variants:
-        fields = {k: v for k, v in changes.items() if k != "unrolled_lstm"}
+        fields = {k: v for k, v in changes.items() if k not in NOT_MODEL_FIELDS}
         config = ModelConfig(tie_output=False, tie_embeddings=False, **fields)
         torch.manual_seed(0)
         model = build_model(config, 8000, 8000).train()
@@ -127,11 +135,20 @@ def phase_train(args: argparse.Namespace) -> dict:
             for j in starts
         ]
 
-        def step(batch, model=model, optimizer=optimizer, precision=precision) -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                logits = model(batch)
-            loss = sequence_loss(logits, batch.tgt_out, 0.1) / batch.n_target_tokens
-            loss.backward()
+        chunk_elements = changes.get("loss_chunk_elements", 0)
+
+        def step(
+            batch, model=model, optimizer=optimizer, precision=precision, chunk=chunk_elements
+        ) -> None:
+            dtype = torch.bfloat16 if precision == "bf16" else None
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+                hidden = model.attentional(batch) if chunk else model(batch)
+            scale = 1.0 / batch.n_target_tokens
+            if chunk:  # as nmt.train does with train.loss_chunk_elements
+                output = model.decoder.output
+                chunked_output_loss(hidden, batch.tgt_out, output, 0.1, chunk, scale, dtype)
+            else:
+                (sequence_loss(hidden, batch.tgt_out, 0.1) * scale).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -235,6 +252,9 @@ def process_rss(args: argparse.Namespace) -> dict:
         ]
         out["rss_train"] = peak_rss_of_command(train)
         out["rss_train_system_malloc"] = peak_rss_of_command(train, system_malloc=True)
+        whole = [*train, "--set", "train.loss_chunk_elements=0"]  # the reference loss path
+        out["rss_train_whole_logits"] = peak_rss_of_command(whole)
+        out["rss_train_whole_logits_system_malloc"] = peak_rss_of_command(whole, system_malloc=True)
         if args.model:
             from nmt.data import load_splits
             from nmt.recipe import DataConfig
@@ -325,7 +345,7 @@ def main() -> None:
         ("matmul bf16 2048^2", f"{ceiling['matmul_bf16_gflops']:.0f} GFLOP/s", ""),
     ]
     base = train["train_fp32_tok_s"]
-    for label, _, ceil in (*TRAIN_VARIANTS, SYSTEM_MALLOC_VARIANT):
+    for label, _, ceil in (*TRAIN_VARIANTS, *SYSTEM_MALLOC_VARIANTS):
         ratio = train[f"{label}_gflops"] / ceiling[f"matmul_{ceil}_gflops"]
         rows.append(
             (
@@ -340,7 +360,8 @@ def main() -> None:
         (
             "peak RSS nmt train",
             f"{rss['rss_train']:.0f} MB",
-            "reference model, whole process; the benchmark's train phase with "
+            "reference model, whole process, chunked loss (the default); the benchmark's train "
+            "phase with "
             f"{len(TRAIN_VARIANTS)} models: {train['peak_rss_mb']:.0f} MB",
         )
     )
@@ -349,6 +370,14 @@ def main() -> None:
             "peak RSS nmt train, system malloc",
             f"{rss['rss_train_system_malloc']:.0f} MB",
             "the same with NMT_SYSTEM_MALLOC=1 (glibc's defaults: big blocks mmapped and freed)",
+        )
+    )
+    rows.append(
+        (
+            "peak RSS nmt train, whole logits",
+            f"{rss['rss_train_whole_logits']:.0f} MB",
+            "the same with train.loss_chunk_elements=0 (no chunks); with NMT_SYSTEM_MALLOC=1: "
+            f"{rss['rss_train_whole_logits_system_malloc']:.0f} MB",
         )
     )
     for beam in (1, 5) if args.model else ():

@@ -362,7 +362,7 @@ def reproduce(
     """Train (or resume) the recipe, decode its test splits and compare with its expected scores."""
     rec = _recipe(recipe, overrides)
     run_dir = Path(out_dir) if out_dir is not None else Path("runs") / rec.name
-    train(
+    progress = train(
         rec,
         run_dir,
         data_dir=data_dir,
@@ -371,6 +371,11 @@ def reproduce(
         threads=threads,
         progress_bar=progress_bar,
     )
+    if not progress.finished:  # stopped by a signal: scores of a half-trained model mean nothing
+        raise TrainingError(
+            f"training stopped at step {progress.step} before the recipe's end; "
+            "run the same `nmt reproduce` again to resume it"
+        )
     model_path: Path = run_dir / ckpt.BEST
     if rec.decode.average_checkpoints > 1:
         model_path = average(run_dir, rec.decode.average_checkpoints, run_dir / "averaged.pt")

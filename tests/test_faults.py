@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -101,7 +102,9 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(
     assert len(steps) == 8  # each validation recorded once, despite the repeated steps
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_zero(tmp_path, toy_dataset) -> None:
+@pytest.mark.parametrize("command", ["train", "reproduce"])
+def test_sigterm_writes_a_checkpoint_and_stops(tmp_path, toy_dataset, command) -> None:
+    """train exits 0 (a clean stop); reproduce exits 1 without scoring the half-trained model."""
     recipe = tmp_path / "toy.yaml"
     recipe.write_text(
         yaml.safe_dump(
@@ -112,7 +115,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_zero(tmp_path, toy_dataset) -> No
         [
             sys.executable,
             str(ROOT / "cli.py"),
-            "train",
+            command,
             str(recipe),
             "--data",
             str(toy_dataset),
@@ -131,12 +134,18 @@ def test_sigterm_writes_a_checkpoint_and_exits_zero(tmp_path, toy_dataset) -> No
         if line.startswith("step "):  # training is under way
             proc.send_signal(signal.SIGTERM)
             break
-    _, rest = proc.communicate(timeout=60)
-    assert proc.returncode == 0
+    out, rest = proc.communicate(timeout=60)
     assert "SIGTERM received" in rest and "--resume" in rest
     saved = ckpt.step_checkpoints(tmp_path / "run")
     assert len(saved) == 1
-    assert ckpt.read(saved[0])["training"]["progress"]["step"] >= 2
+    step = ckpt.read(saved[0])["training"]["progress"]["step"]
+    assert step >= 2
+    if command == "train":
+        assert proc.returncode == 0
+    else:
+        assert proc.returncode == 1 and out == ""
+        assert f"error: training stopped at step {step} before the recipe's end" in rest
+        assert not (tmp_path / "run" / "test.hyp.txt").exists()
 
 
 def test_closed_pipe_exits_quietly(tmp_path, toy_tokenizer) -> None:

@@ -87,15 +87,15 @@ def test_interrupted_and_resumed_run_continues_the_same_trajectory(tmp_path, toy
 
 
 def test_non_finite_losses_are_skipped_then_stop(tmp_path, toy_dataset, monkeypatch) -> None:
-    real = train_mod.sequence_loss
+    real = train_mod.chunked_output_loss  # the default loss path (train.loss_chunk_elements > 0)
     calls = {"n": 0}
 
-    def sometimes_nan(logits, targets, smoothing):
+    def sometimes_nan(*args, **kwargs):
         calls["n"] += 1
-        loss = real(logits, targets, smoothing)
+        loss = real(*args, **kwargs)
         return loss * math.nan if calls["n"] in (2, 3) else loss
 
-    monkeypatch.setattr(train_mod, "sequence_loss", sometimes_nan)
+    monkeypatch.setattr(train_mod, "chunked_output_loss", sometimes_nan)
     progress = api.train(
         from_dict(toy_recipe(train={"max_steps": 6, "validate_every": 100})),
         tmp_path / "a",
@@ -105,7 +105,7 @@ def test_non_finite_losses_are_skipped_then_stop(tmp_path, toy_dataset, monkeypa
     assert progress.skipped_steps == 2 and progress.step == 6
     assert all(torch.isfinite(v).all() for v in _params(tmp_path / "a").values())
 
-    monkeypatch.setattr(train_mod, "sequence_loss", lambda *a: real(*a) * math.nan)
+    monkeypatch.setattr(train_mod, "chunked_output_loss", lambda *a, **k: real(*a, **k) * math.nan)
     with pytest.raises(TrainingError, match="3 non-finite losses in a row"):
         api.train(
             from_dict(toy_recipe(train={"max_bad_steps": 3})),

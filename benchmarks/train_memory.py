@@ -1,0 +1,95 @@
+"""Peak RSS and speed of whole `nmt train` processes: the allocator setting x the loss path.
+
+    python benchmarks/train_memory.py --data ../shared/data/multi30k --steps 300
+
+Four trainings of the multi30k_de_en recipe with a 1-layer encoder (the reference model of the
+performance issue, without input feeding), each in its own process: glibc's default malloc
+(NMT_SYSTEM_MALLOC=1) or nmt's tuning (nmt.runtime.tune_allocator), and the whole (B, T, V)
+logits at once (train.loss_chunk_elements=0) or in chunks (the default). Prints one table with
+the median logged tok/s, the loss at the last step (the same for all four up to rounding), peak
+RSS, user and system CPU seconds. --parallel runs the four at once (on a machine with the cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = (  # (label, NMT_SYSTEM_MALLOC, train.loss_chunk_elements)
+    ("system malloc, whole logits", "1", 0),
+    ("system malloc, chunked loss", "1", 2**21),
+    ("tuned malloc, whole logits", "0", 0),
+    ("tuned malloc, chunked loss (default)", "0", 2**21),
+)
+
+
+def start(args: argparse.Namespace, out: Path, system_malloc: str, chunk: int) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "train",
+        str(ROOT / "recipes" / "multi30k_de_en.yaml"),
+        *("--data", str(args.data), "--out", str(out), "--overwrite", "--no-progress"),
+        *("--threads", str(args.threads), "--device", "cpu"),
+        *("--set", "model.encoder_layers=1", "--set", f"train.max_steps={args.steps}"),
+        *("--set", "train.validate_every=100000", "--set", f"train.loss_chunk_elements={chunk}"),
+        *("--set", "train.log_every=25"),
+    ]
+    env = {**os.environ, "NMT_SYSTEM_MALLOC": system_malloc, "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen, out: Path) -> dict:
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
+    assert proc.stderr is not None
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"training failed: {proc.stderr.read().decode()[-2000:]}")
+    proc.stderr.close()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][2:]  # skip warm-up
+    return {
+        "tok_s": statistics.median(rates),
+        "loss": [r["train_loss"] for r in records if "train_loss" in r][-1],
+        "rss_mb": usage.ru_maxrss / 1024,
+        "user_s": usage.ru_utime,
+        "sys_s": usage.ru_stime,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "multi30k")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--parallel", action="store_true")
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = {label: Path(tmp) / str(i) for i, (label, _, _) in enumerate(CONFIGS)}
+        if args.parallel:
+            procs = {label: start(args, outs[label], m, c) for label, m, c in CONFIGS}
+            results = {label: finish(proc, outs[label]) for label, proc in procs.items()}
+        else:
+            for label, m, c in CONFIGS:
+                results[label] = finish(start(args, outs[label], m, c), outs[label])
+    base = results[CONFIGS[0][0]]["tok_s"]
+    print(f"| {'configuration':38} | tok/s | ratio | loss | peak RSS MB | user s | sys s |")
+    print(f"| {'-' * 38} | --- | --- | --- | --- | --- | --- |")
+    for label, r in results.items():
+        print(
+            f"| {label:38} | {r['tok_s']:.0f} | x{r['tok_s'] / base:.2f} | {r['loss']:.4f} "
+            f"| {r['rss_mb']:.0f} | {r['user_s']:.0f} | {r['sys_s']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

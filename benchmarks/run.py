@@ -107,10 +107,10 @@ def phase_train(args: argparse.Namespace) -> dict:
 
     from nmt.batching import make_batch
     from nmt.data import load_splits
-    from nmt.loss import chunked_output_loss, sequence_loss
     from nmt.model import build_model
     from nmt.recipe import DataConfig, ModelConfig, TokenizerConfig
     from nmt.tokenizer import Tokenizer
+    from nmt.train import batch_loss
 
     text = load_splits(DataConfig(max_train_examples=20000), ["train"], args.data)["train"]
     tokenizer = Tokenizer.train(text.source, text.target, TokenizerConfig(vocab_size=8000), 0)
@@ -141,14 +141,7 @@ def phase_train(args: argparse.Namespace) -> dict:
             batch, model=model, optimizer=optimizer, precision=precision, chunk=chunk_elements
         ) -> None:
             dtype = torch.bfloat16 if precision == "bf16" else None
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-                hidden = model.attentional(batch) if chunk else model(batch)
-            scale = 1.0 / batch.n_target_tokens
-            if chunk:  # as nmt.train does with train.loss_chunk_elements
-                output = model.decoder.output
-                chunked_output_loss(hidden, batch.tgt_out, output, 0.1, chunk, scale, dtype)
-            else:
-                (sequence_loss(hidden, batch.tgt_out, 0.1) * scale).backward()
+            batch_loss(model, batch, 0.1, chunk, dtype, backward_tokens=batch.n_target_tokens)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

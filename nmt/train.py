@@ -24,7 +24,7 @@ from rich.progress import BarColumn, TaskID, TextColumn, TimeElapsedColumn, Time
 from rich.progress import Progress as Bar
 
 from nmt import checkpoint as ckpt
-from nmt.batching import BucketedBatches, make_batch
+from nmt.batching import Batch, BucketedBatches, make_batch
 from nmt.data import ParallelText
 from nmt.errors import TrainingError
 from nmt.evaluate import score_corpus
@@ -139,6 +139,37 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def batch_loss(
+    model: Seq2Seq,
+    batch: Batch,
+    label_smoothing: float,
+    chunk_elements: int,
+    dtype: torch.dtype | None,
+    backward_tokens: int | None = None,
+) -> torch.Tensor:
+    """Summed teacher-forced loss of a batch; with backward_tokens, loss / backward_tokens is also
+    back-propagated (chunk by chunk when chunk_elements > 0, see chunked_output_loss)."""
+    assert batch.tgt_out is not None
+    device = batch.src.device.type
+    with torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        hidden = model.attentional(batch) if chunk_elements else model(batch)
+    if chunk_elements:
+        scale = None if backward_tokens is None else 1.0 / backward_tokens
+        return chunked_output_loss(
+            hidden,
+            batch.tgt_out,
+            model.decoder.output,
+            label_smoothing,
+            chunk_elements,
+            backward_scale=scale,
+            autocast_dtype=dtype,
+        )
+    loss = sequence_loss(hidden, batch.tgt_out, label_smoothing)
+    if backward_tokens is not None:
+        (loss / backward_tokens).backward()
+    return loss
+
+
 class Trainer:
     def __init__(
         self,
@@ -225,25 +256,14 @@ class Trainer:
             batch = make_batch(
                 [d.source_ids[i] for i in batch_indices], [d.target_ids[i] for i in batch_indices]
             ).to(self.device)
-            assert batch.tgt_out is not None
-            chunk = self.config.loss_chunk_elements
-            with torch.autocast(
-                self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None
-            ):
-                hidden = self.model.attentional(batch) if chunk else self.model(batch)
-            if chunk:  # back-propagates as it goes
-                loss = chunked_output_loss(
-                    hidden,
-                    batch.tgt_out,
-                    self.model.decoder.output,
-                    self.config.label_smoothing,
-                    chunk,
-                    backward_scale=1.0 / n_tokens,
-                    autocast_dtype=self.dtype,
-                )
-            else:
-                loss = sequence_loss(hidden, batch.tgt_out, self.config.label_smoothing)
-                (loss / n_tokens).backward()
+            loss = batch_loss(
+                self.model,
+                batch,
+                self.config.label_smoothing,
+                self.config.loss_chunk_elements,
+                self.dtype,
+                backward_tokens=n_tokens,
+            )
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 self.model.parameters(),
                 self.config.clip_norm if self.config.clip_norm > 0 else math.inf,
@@ -297,21 +317,9 @@ class Trainer:
         for start in range(0, len(order), size):
             idx = order[start : start + size]
             batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx]).to(self.device)
-            assert batch.tgt_out is not None
-            chunk = self.config.loss_chunk_elements
-            with torch.autocast(
-                self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None
-            ):
-                hidden = self.model.attentional(batch) if chunk else self.model(batch)
-            if chunk:
-                output = self.model.decoder.output
-                total += float(
-                    chunked_output_loss(
-                        hidden, batch.tgt_out, output, 0.0, chunk, autocast_dtype=self.dtype
-                    )
-                )
-            else:
-                total += float(sequence_loss(hidden, batch.tgt_out, 0.0))
+            total += float(
+                batch_loss(self.model, batch, 0.0, self.config.loss_chunk_elements, self.dtype)
+            )
             tokens += batch.n_target_tokens
         ce = total / max(tokens, 1)
         return ce, math.exp(min(ce, 50.0))

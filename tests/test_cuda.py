@@ -3,6 +3,7 @@
 Skipped where no GPU is present (as in CI); run on a GPU machine with plain `pytest`.
 """
 
+import functools
 import json
 
 import pytest
@@ -87,23 +88,12 @@ def test_gpu_run_resumes_on_the_same_trajectory(
         if trainer.progress.step == 5:
             trainer.stop_request.signal_name = "SIGTERM"
 
-    first = api.train(
-        rec,
-        tmp_path / "resumed",
-        data_dir=toy_dataset,
-        device="cuda",
-        progress_bar=False,
-        trainer_hook=interrupt,
+    resumed = functools.partial(
+        api.train, rec, tmp_path / "resumed", data_dir=toy_dataset, device="cuda"
     )
+    first = resumed(progress_bar=False, trainer_hook=interrupt)
     assert first.step == 5 and not first.finished
-    second = api.train(
-        rec,
-        tmp_path / "resumed",
-        data_dir=toy_dataset,
-        device="cuda",
-        progress_bar=False,
-        resume=True,
-    )
+    second = resumed(progress_bar=False, resume=True)
     assert second.step == 12 and second.finished
     a = ckpt.read(ckpt.step_checkpoints(tmp_path / "straight")[-1])["model"]
     b = ckpt.read(ckpt.step_checkpoints(tmp_path / "resumed")[-1])["model"]

@@ -319,9 +319,10 @@ def main() -> None:
     if args.phase:
         import torch
 
-        from nmt.runtime import tune_allocator
+        from nmt.runtime import limit_primitive_cache, tune_allocator
 
         torch.set_num_threads(args.threads)
+        limit_primitive_cache()  # as `nmt train` and `nmt translate` do
         tune_allocator()  # as `nmt train` does; a no-op when NMT_SYSTEM_MALLOC=1
         result = {"ceiling": phase_ceiling, "train": phase_train, "decode": phase_decode}[
             args.phase

@@ -22,7 +22,9 @@ from nmt.model import build_model
 from nmt.recipe import DecodeConfig, Recipe
 from nmt.runtime import (
     autocast_dtype,
+    limit_primitive_cache,
     quantize_int8,
+    release_free_memory,
     resolve_device,
     seed_everything,
     set_threads,
@@ -106,7 +108,7 @@ def train(
     rec = _recipe(recipe, overrides)
     run_dir = Path(out_dir) if out_dir is not None else Path("runs") / rec.name
     set_threads(threads)
-    tune_allocator()
+    limit_primitive_cache()
     dev = resolve_device(device)
     existing = _prepare_run_dir(run_dir, resume, overwrite)
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
@@ -153,6 +155,10 @@ def train(
         tokenizer.save(run_dir)
         (run_dir / "recipe.yaml").write_text(_yaml(rec), encoding="utf-8")
         data = prepare_data(train_text, valid_text, tokenizer, rec.train.max_length)
+        # Training's own allocations keep the heap (tune_allocator); what the tokenizer and the
+        # data preparation freed goes back to the OS first.
+        release_free_memory()
+        tune_allocator()
         trainer = Trainer(
             rec,
             tokenizer,
@@ -225,6 +231,7 @@ def load_translator(
     shortlist: a file from `build_shortlist`; decoding scores only its candidate tokens.
     """
     set_threads(threads)
+    limit_primitive_cache()  # decoding batches shrink step by step: many shapes too
     rec, tokenizer, model, _ = ckpt.load_model(model_path)
     lexical = Shortlist.load(shortlist, tokenizer) if shortlist is not None else None
     settings = settings_from_recipe(rec, decode, **search_changes)
@@ -376,6 +383,7 @@ def reproduce(
             f"training stopped at step {progress.step} before the recipe's end; "
             "run the same `nmt reproduce` again to resume it"
         )
+    release_free_memory()  # training's heap is not needed for decoding
     model_path: Path = run_dir / ckpt.BEST
     if rec.decode.average_checkpoints > 1:
         model_path = average(run_dir, rec.decode.average_checkpoints, run_dir / "averaged.pt")

@@ -31,7 +31,7 @@ from nmt.evaluate import score_corpus
 from nmt.loss import chunked_output_loss, sequence_loss
 from nmt.model import Seq2Seq, count_parameters
 from nmt.recipe import Recipe, TrainConfig
-from nmt.runtime import autocast_dtype, rng_state, set_rng_state
+from nmt.runtime import autocast_dtype, peak_rss_mb, rng_state, set_rng_state
 from nmt.tokenizer import Tokenizer
 from nmt.translate import SearchSettings, Translator
 
@@ -473,13 +473,17 @@ class Trainer:
             "lr": learning_rate(self.config, p),
             "tokens_per_s": round(window.tokens / (time.perf_counter() - window.start), 1),
         }
+        peak = peak_rss_mb()
+        if peak is not None:
+            record["peak_rss_mb"] = round(peak)
         self._write_metrics(record)
         log.info(
-            "step %d  loss %.4f  lr %.2e  %.0f tok/s",
+            "step %d  loss %.4f  lr %.2e  %.0f tok/s  peak RSS %s MB",
             p.step,
             record["train_loss"],
             record["lr"],
             record["tokens_per_s"],
+            record.get("peak_rss_mb", "?"),
         )
         return (
             f"loss {record['train_loss']:.3f} lr {record['lr']:.1e} "

@@ -1,13 +1,14 @@
-"""Peak RSS and speed of whole `nmt train` processes: the allocator setting x the loss path.
+"""Peak RSS and speed of whole `nmt train` processes: allocator, loss path, oneDNN cache.
 
     python benchmarks/train_memory.py --data ../shared/data/multi30k --steps 300
 
 Four trainings of the multi30k_de_en recipe with a 1-layer encoder (the reference model of the
 performance issue, without input feeding), each in its own process: glibc's default malloc
 (NMT_SYSTEM_MALLOC=1) or nmt's tuning (nmt.runtime.tune_allocator), and the whole (B, T, V)
-logits at once (train.loss_chunk_elements=0) or in chunks (the default). Prints one table with
-the median logged tok/s, the loss at the last step (the same for all four up to rounding), peak
-RSS, user and system CPU seconds. --parallel runs the four at once (on a machine with the cores).
+logits at once (train.loss_chunk_elements=0) or in chunks (the default); a fifth process lifts
+nmt's limit on oneDNN's primitive cache (nmt.runtime.limit_primitive_cache). Prints one table with
+the median logged tok/s, the loss at the last step (the same for all up to rounding), peak
+RSS, user and system CPU seconds. --parallel runs them all at once (on a machine with the cores).
 """
 
 from __future__ import annotations
@@ -22,15 +23,20 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = (  # (label, NMT_SYSTEM_MALLOC, train.loss_chunk_elements)
-    ("system malloc, whole logits", "1", 0),
-    ("system malloc, chunked loss", "1", 2**21),
-    ("tuned malloc, whole logits", "0", 0),
-    ("tuned malloc, chunked loss (default)", "0", 2**21),
+# (label, NMT_SYSTEM_MALLOC, train.loss_chunk_elements, ONEDNN_PRIMITIVE_CACHE_CAPACITY or None
+# for nmt's own limit)
+CONFIGS = (
+    ("system malloc, whole logits", "1", 0, None),
+    ("system malloc, chunked loss", "1", 2**21, None),
+    ("tuned malloc, whole logits", "0", 0, None),
+    ("tuned malloc, chunked loss (default)", "0", 2**21, None),
+    ("default, oneDNN's own cache of 1024", "0", 2**21, "1024"),
 )
 
 
-def start(args: argparse.Namespace, out: Path, system_malloc: str, chunk: int) -> subprocess.Popen:
+def start(
+    args: argparse.Namespace, out: Path, system_malloc: str, chunk: int, cache: str | None
+) -> subprocess.Popen:
     command = [
         sys.executable,
         str(ROOT / "cli.py"),
@@ -43,6 +49,9 @@ def start(args: argparse.Namespace, out: Path, system_malloc: str, chunk: int) -
         *("--set", "train.log_every=25"),
     ]
     env = {**os.environ, "NMT_SYSTEM_MALLOC": system_malloc, "HF_DATASETS_OFFLINE": "1"}
+    env.pop("ONEDNN_PRIMITIVE_CACHE_CAPACITY", None)
+    if cache is not None:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = cache
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -74,13 +83,13 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        outs = {label: Path(tmp) / str(i) for i, (label, _, _) in enumerate(CONFIGS)}
+        outs = {config[0]: Path(tmp) / str(i) for i, config in enumerate(CONFIGS)}
         if args.parallel:
-            procs = {label: start(args, outs[label], m, c) for label, m, c in CONFIGS}
+            procs = {label: start(args, outs[label], *rest) for label, *rest in CONFIGS}
             results = {label: finish(proc, outs[label]) for label, proc in procs.items()}
         else:
-            for label, m, c in CONFIGS:
-                results[label] = finish(start(args, outs[label], m, c), outs[label])
+            for label, *rest in CONFIGS:
+                results[label] = finish(start(args, outs[label], *rest), outs[label])
     base = results[CONFIGS[0][0]]["tok_s"]
     print(f"| {'configuration':38} | tok/s | ratio | loss | peak RSS MB | user s | sys s |")
     print(f"| {'-' * 38} | --- | --- | --- | --- | --- | --- |")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,10 +29,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def median_time(fn, repeats: int) -> float:
@@ -109,6 +104,7 @@ def phase_train(args: argparse.Namespace) -> dict:
     from nmt.data import load_splits
     from nmt.model import build_model
     from nmt.recipe import DataConfig, ModelConfig, TokenizerConfig
+    from nmt.runtime import peak_rss_mb
     from nmt.tokenizer import Tokenizer
     from nmt.train import batch_loss
 
@@ -173,7 +169,7 @@ def phase_decode(args: argparse.Namespace) -> dict:
     from nmt import checkpoint
     from nmt.data import load_splits
     from nmt.evaluate import score_corpus
-    from nmt.runtime import quantize_int8, resolve_device
+    from nmt.runtime import peak_rss_mb, quantize_int8, resolve_device
     from nmt.shortlist import Shortlist
     from nmt.translate import SearchSettings, Translator
 

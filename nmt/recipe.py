@@ -82,6 +82,10 @@ class TrainConfig:
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
     warmup_steps: int = 0
+    # plateau: multiply lr by lr_decay_factor after lr_patience validations without a gain;
+    # cosine: decay from learning_rate to min_learning_rate over the run's planned steps
+    # (max_epochs, or max_steps if fewer), so that a fixed budget ends at a small rate
+    lr_schedule: Literal["plateau", "cosine"] = "plateau"
     lr_decay_factor: float = 0.5  # multiply lr by this after `lr_patience` validations w/o gain
     lr_patience: int = 2
     min_learning_rate: float = 1e-5

@@ -56,9 +56,19 @@ class Progress:
     finished: bool = False
 
 
-def learning_rate(config: TrainConfig, progress: Progress) -> float:
-    """Linear warm-up to the base rate, then the plateau decays applied so far."""
-    warm = min(1.0, (progress.step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+def learning_rate(config: TrainConfig, progress: Progress, total_steps: int) -> float:
+    """Linear warm-up to the base rate, then the schedule's decay.
+
+    plateau: the decays applied so far on validation plateaus. cosine: half a cosine from the base
+    rate at the end of warm-up to min_learning_rate at step `total_steps`.
+    """
+    step = progress.step + 1
+    warm = min(1.0, step / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.lr_schedule == "cosine":
+        span = max(1, total_steps - config.warmup_steps)
+        done = min(1.0, max(0.0, (step - config.warmup_steps) / span))
+        low, high = config.min_learning_rate, config.learning_rate
+        return (low + (high - low) * 0.5 * (1.0 + math.cos(math.pi * done))) * warm
     return max(config.min_learning_rate, config.learning_rate * progress.lr_scale) * warm
 
 
@@ -205,6 +215,7 @@ class Trainer:
             recipe.seed,
         )
         self.dtype = autocast_dtype(self.config.precision)
+        self.planned_steps = self.total_steps()  # the cosine schedule's length
         self.stop_request = StopRequest()
 
     # ----- checkpoints ---------------------------------------------------------------------
@@ -250,7 +261,7 @@ class Trainer:
         d = self.data
         self.model.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.config, self.progress)
+            group["lr"] = learning_rate(self.config, self.progress, self.planned_steps)
         n_tokens = sum(len(d.target_ids[i]) + 1 for i in batch_indices)
         try:
             batch = make_batch(
@@ -362,13 +373,13 @@ class Trainer:
         else:
             p.validations_without_gain += 1
             p.validations_since_decay += 1
-            if p.validations_since_decay >= c.lr_patience:
+            if c.lr_schedule == "plateau" and p.validations_since_decay >= c.lr_patience:
                 p.lr_scale *= c.lr_decay_factor
                 p.validations_since_decay = 0
                 log.info(
                     "validation BLEU did not improve for %d validations: lr -> %.2e",
                     c.lr_patience,
-                    learning_rate(c, p),
+                    learning_rate(c, p, self.planned_steps),
                 )
         return p.validations_without_gain >= c.patience
 
@@ -407,7 +418,7 @@ class Trainer:
             transient=True,
         )
         with self.stop_request.installed(), bar:
-            task = bar.add_task("train", total=self.total_steps(), completed=p.step, info="")
+            task = bar.add_task("train", total=self.planned_steps, completed=p.step, info="")
             reason = self._train_until_stop(bar, task)
         if reason is None:
             path = self.save_checkpoint()
@@ -470,7 +481,7 @@ class Trainer:
             "step": p.step,
             "epoch": p.epoch,
             "train_loss": round(window.loss / window.tokens, 4),
-            "lr": learning_rate(self.config, p),
+            "lr": learning_rate(self.config, p, self.planned_steps),
             "tokens_per_s": round(window.tokens / (time.perf_counter() - window.start), 1),
         }
         peak = peak_rss_mb()
@@ -499,7 +510,7 @@ class Trainer:
             "epoch": p.epoch,
             **metrics,
             "best_bleu": p.best_bleu,
-            "lr": learning_rate(self.config, p),
+            "lr": learning_rate(self.config, p, self.planned_steps),
             "train_minutes": round(p.train_seconds / 60, 2),
         }
         self._write_metrics(record)

@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 
@@ -84,6 +85,53 @@ def test_interrupted_and_resumed_run_continues_the_same_trajectory(tmp_path, toy
             "valid_loss"
         ]
     )
+
+
+def test_cosine_schedule_falls_from_the_base_rate_to_the_floor() -> None:
+    config = from_dict(
+        toy_recipe(
+            train={
+                "lr_schedule": "cosine",
+                "learning_rate": 0.002,
+                "min_learning_rate": 1e-5,
+                "warmup_steps": 10,
+            }
+        )
+    ).train
+    rates = [train_mod.learning_rate(config, train_mod.Progress(step=s), 110) for s in range(120)]
+    assert rates[0] == pytest.approx(0.002 / 10)  # warm-up
+    assert rates[9] == pytest.approx(0.002)
+    assert rates[59] == pytest.approx((0.002 + 1e-5) / 2)  # half-way through the decay
+    assert all(a > b for a, b in itertools.pairwise(rates[9:110]))
+    assert rates[109:] == [pytest.approx(1e-5)] * 11  # the floor from the planned end on
+    # a plateau never changes the cosine rate
+    plateau = train_mod.Progress(step=59, lr_scale=0.25)
+    assert train_mod.learning_rate(config, plateau, 110) == rates[59]
+
+
+def test_cosine_run_ends_at_the_floor_and_resumes_on_the_same_trajectory(
+    tmp_path, toy_dataset
+) -> None:
+    rec = from_dict(toy_recipe(train={"lr_schedule": "cosine", "min_learning_rate": 1e-4}))
+    api.train(rec, tmp_path / "straight", data_dir=toy_dataset, progress_bar=False)
+    records = [
+        json.loads(line) for line in (tmp_path / "straight/metrics.jsonl").read_text().splitlines()
+    ]
+    rates = [r["lr"] for r in records if "valid_bleu" in r]
+    assert rates == sorted(rates, reverse=True) and len(set(rates)) == len(rates)
+    assert rates[-1] == pytest.approx(1e-4)
+
+    def interrupt(trainer) -> None:
+        if trainer.progress.step == 7:
+            trainer.stop_request.signal_name = "SIGTERM"
+
+    api.train(
+        rec, tmp_path / "resumed", data_dir=toy_dataset, progress_bar=False, trainer_hook=interrupt
+    )
+    api.train(rec, tmp_path / "resumed", data_dir=toy_dataset, progress_bar=False, resume=True)
+    a, b = _params(tmp_path / "straight"), _params(tmp_path / "resumed")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
 def test_non_finite_losses_are_skipped_then_stop(tmp_path, toy_dataset, monkeypatch) -> None:

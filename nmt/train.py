@@ -218,6 +218,10 @@ class Trainer:
         self.planned_steps = self.total_steps()  # the cosine schedule's length
         self.stop_request = StopRequest()
 
+    def learning_rate(self) -> float:
+        """The rate of the next step under the recipe's schedule."""
+        return learning_rate(self.config, self.progress, self.planned_steps)
+
     # ----- checkpoints ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -261,7 +265,7 @@ class Trainer:
         d = self.data
         self.model.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.config, self.progress, self.planned_steps)
+            group["lr"] = self.learning_rate()
         n_tokens = sum(len(d.target_ids[i]) + 1 for i in batch_indices)
         try:
             batch = make_batch(
@@ -379,7 +383,7 @@ class Trainer:
                 log.info(
                     "validation BLEU did not improve for %d validations: lr -> %.2e",
                     c.lr_patience,
-                    learning_rate(c, p, self.planned_steps),
+                    self.learning_rate(),
                 )
         return p.validations_without_gain >= c.patience
 
@@ -481,7 +485,7 @@ class Trainer:
             "step": p.step,
             "epoch": p.epoch,
             "train_loss": round(window.loss / window.tokens, 4),
-            "lr": learning_rate(self.config, p, self.planned_steps),
+            "lr": self.learning_rate(),
             "tokens_per_s": round(window.tokens / (time.perf_counter() - window.start), 1),
         }
         peak = peak_rss_mb()
@@ -510,7 +514,7 @@ class Trainer:
             "epoch": p.epoch,
             **metrics,
             "best_bleu": p.best_bleu,
-            "lr": learning_rate(self.config, p, self.planned_steps),
+            "lr": self.learning_rate(),
             "train_minutes": round(p.train_seconds / 60, 2),
         }
         self._write_metrics(record)

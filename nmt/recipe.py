@@ -91,6 +91,9 @@ class TrainConfig:
     min_learning_rate: float = 1e-5
     max_epochs: int = 10
     max_steps: int | None = None
+    # Wall-clock budget of the training loop (steps and validations, summed over resumed runs):
+    # stop at the first step past it. Timing varies, so the step it stops at does too.
+    max_minutes: float | None = None
     validate_every: int = 500  # steps
     valid_beam_size: int = 1  # 1 = greedy validation decoding
     patience: int = 8  # early stopping: validations without a better BLEU
@@ -155,6 +158,7 @@ _POSITIVE = {
     "train.learning_rate",
     "train.max_epochs",
     "train.max_steps",
+    "train.max_minutes",
     "train.validate_every",
     "train.valid_beam_size",
     "train.patience",

@@ -53,7 +53,13 @@ class Progress:
     bad_steps_in_a_row: int = 0
     skipped_steps: int = 0
     train_seconds: float = 0.0
+    valid_seconds: float = 0.0
     finished: bool = False
+
+    @property
+    def elapsed_minutes(self) -> float:
+        """Time in the training loop so far: what train.max_minutes limits."""
+        return (self.train_seconds + self.valid_seconds) / 60
 
 
 def learning_rate(config: TrainConfig, progress: Progress, total_steps: int) -> float:
@@ -473,6 +479,8 @@ class Trainer:
                     window.start = time.perf_counter()  # tokens/s excludes validation time
                 if c.max_steps is not None and p.step >= c.max_steps:
                     return f"reached train.max_steps {c.max_steps}"
+                if c.max_minutes is not None and p.elapsed_minutes >= c.max_minutes:
+                    return f"reached train.max_minutes {c.max_minutes:g}"
                 if self.stop_request:
                     return None
             p.epoch += 1
@@ -507,8 +515,10 @@ class Trainer:
 
     def _validate_and_save(self) -> bool:
         p = self.progress
+        started = time.perf_counter()
         metrics = self.validate()
         stop = self.after_validation(metrics)
+        p.valid_seconds += time.perf_counter() - started
         record = {
             "step": p.step,
             "epoch": p.epoch,

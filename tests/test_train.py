@@ -125,6 +125,33 @@ def test_cosine_run_ends_at_the_floor(tmp_path, toy_dataset) -> None:
     assert rates[-1] == pytest.approx(1e-4)
 
 
+def test_time_budget_counts_the_minutes_before_a_resume(tmp_path, toy_dataset, caplog) -> None:
+    """train.max_minutes stops at the first step past the budget, the resumed part included."""
+    rec = from_dict(toy_recipe(train={"max_minutes": 3.5}))
+
+    def minute_per_step(trainer) -> None:  # each step "takes" a minute
+        trainer.progress.train_seconds += 60
+        if trainer.progress.step == 2 and not trainer.stop_request:
+            trainer.stop_request.signal_name = "SIGTERM"
+
+    first = api.train(
+        rec, tmp_path, data_dir=toy_dataset, progress_bar=False, trainer_hook=minute_per_step
+    )
+    assert first.step == 2 and not first.finished
+    caplog.set_level("INFO", logger="nmt")
+    second = api.train(
+        rec,
+        tmp_path,
+        data_dir=toy_dataset,
+        progress_bar=False,
+        resume=True,
+        trainer_hook=lambda t: setattr(t.progress, "train_seconds", t.progress.train_seconds + 60),
+    )
+    assert second.step == 4 and second.finished  # 12 steps without the budget
+    assert second.elapsed_minutes >= 4 and second.valid_seconds > 0
+    assert "reached train.max_minutes 3.5" in caplog.text
+
+
 def test_non_finite_losses_are_skipped_then_stop(tmp_path, toy_dataset, monkeypatch) -> None:
     real = train_mod.chunked_output_loss  # the default loss path (train.loss_chunk_elements > 0)
     calls = {"n": 0}

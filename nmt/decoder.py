@@ -197,7 +197,9 @@ class Decoder(nn.Module):
             bias = getattr(self.rnn, f"bias_ih_l{layer}") + getattr(self.rnn, f"bias_hh_l{layer}")
             if layer == 0:
                 embedded = self.embeddings(tgt_in).transpose(0, 1)  # (T, B, E)
-                x_gates = F.linear(embedded, w_ih[:, :emb_size], bias)  # (T, B, 4Hd)
+                # unbind, not x_gates[t]: the backward of indexing one step writes its gradient
+                # into a zero-filled (T, B, 4Hd) tensor, T times over
+                x_gates = F.linear(embedded, w_ih[:, :emb_size], bias).unbind(0)  # T x (B, 4Hd)
                 w_ih = w_ih[:, emb_size:]  # the attentional-vector columns
             weights.append((torch.cat([w_ih, w_hh], dim=1).t(), bias))
         assert isinstance(state.hidden, tuple) and state.feed is not None

@@ -160,7 +160,8 @@ def phase_train(args: argparse.Namespace) -> dict:
 
 
 # fp32 is the reference; "shortlist" is fp32 scoring only `nmt shortlist`'s candidates.
-DECODE_VARIANTS = ("fp32", "bf16", "int8", "shortlist")
+# int8_shortlist: `nmt translate --precision int8 --shortlist`, the fastest combination
+DECODE_VARIANTS = ("fp32", "bf16", "int8", "shortlist", "int8_shortlist")
 
 
 def phase_decode(args: argparse.Namespace) -> dict:
@@ -181,7 +182,7 @@ def phase_decode(args: argparse.Namespace) -> dict:
         variants = [(args.variant, args.beam)]
     for variant, beam in variants:
         m = model
-        if variant == "int8":
+        if variant.startswith("int8"):
             m = quantize_int8(model)  # what `nmt translate --precision int8` runs
         translator = Translator(
             m,
@@ -189,7 +190,7 @@ def phase_decode(args: argparse.Namespace) -> dict:
             resolve_device("cpu"),
             SearchSettings(beam_size=beam, batch_size=args.batch_size),
             torch.bfloat16 if variant == "bf16" else None,
-            Shortlist.load(args.shortlist, tokenizer) if variant == "shortlist" else None,
+            Shortlist.load(args.shortlist, tokenizer) if variant.endswith("shortlist") else None,
         )
         hyps: list[str] = []
 
@@ -223,27 +224,10 @@ def peak_rss_of_command(args: list[str], system_malloc: bool = False) -> float:
 def process_rss(args: argparse.Namespace) -> dict:
     """What users see: peak RSS of a whole `nmt train` (reference model, tokenizer training, 30
     steps, a validation and a checkpoint) and of `nmt translate` of test2016 from a file."""
-    out = {}
+    out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        train = [
-            "train",
-            str(ROOT / "recipes" / "multi30k_de_en.yaml"),
-            "--data",
-            str(args.data),
-            "--out",
-            f"{tmp}/run",
-            "--overwrite",
-            "--threads",
-            str(args.threads),
-            "--no-progress",
-            *("--set", "model.tie_embeddings=false", "--set", "model.tie_output=false"),
-            *("--set", "train.max_steps=30", "--set", "train.validate_every=1000"),
-        ]
-        out["rss_train"] = peak_rss_of_command(train)
-        out["rss_train_system_malloc"] = peak_rss_of_command(train, system_malloc=True)
-        whole = [*train, "--set", "train.loss_chunk_elements=0"]  # the reference loss path
-        out["rss_train_whole_logits"] = peak_rss_of_command(whole)
-        out["rss_train_whole_logits_system_malloc"] = peak_rss_of_command(whole, system_malloc=True)
+        if not args.decode_only:
+            out.update(train_rss(args, tmp))
         if args.model:
             from nmt.data import load_splits
             from nmt.recipe import DataConfig
@@ -258,6 +242,31 @@ def process_rss(args: argparse.Namespace) -> dict:
                         *("--beam-size", str(beam), "--threads", str(args.threads)),
                     ]
                 )
+    return out
+
+
+def train_rss(args: argparse.Namespace, tmp: str) -> dict[str, float]:
+    """Peak RSS of whole `nmt train` processes: default, system malloc, whole logits."""
+    out = {}
+    train = [
+        "train",
+        str(ROOT / "recipes" / "multi30k_de_en.yaml"),
+        "--data",
+        str(args.data),
+        "--out",
+        f"{tmp}/run",
+        "--overwrite",
+        "--threads",
+        str(args.threads),
+        "--no-progress",
+        *("--set", "model.tie_embeddings=false", "--set", "model.tie_output=false"),
+        *("--set", "train.max_steps=30", "--set", "train.validate_every=1000"),
+    ]
+    out["rss_train"] = peak_rss_of_command(train)
+    out["rss_train_system_malloc"] = peak_rss_of_command(train, system_malloc=True)
+    whole = [*train, "--set", "train.loss_chunk_elements=0"]  # the reference loss path
+    out["rss_train_whole_logits"] = peak_rss_of_command(whole)
+    out["rss_train_whole_logits_system_malloc"] = peak_rss_of_command(whole, system_malloc=True)
     return out
 
 
@@ -293,47 +302,12 @@ def child(
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--model", type=Path, help="trained model (run directory or .pt) for decoding"
-    )
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "multi30k")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128, help="decoding batch (sentences)")
-    parser.add_argument("--phase", choices=["ceiling", "train", "decode"], help=argparse.SUPPRESS)
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
-    parser.add_argument("--shortlist", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--beam", type=int, default=5, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    if args.phase:
-        import torch
-
-        from nmt.runtime import limit_primitive_cache, tune_allocator
-
-        torch.set_num_threads(args.threads)
-        limit_primitive_cache()  # as `nmt train` and `nmt translate` do
-        tune_allocator()  # as `nmt train` does; a no-op when NMT_SYSTEM_MALLOC=1
-        result = {"ceiling": phase_ceiling, "train": phase_train, "decode": phase_decode}[
-            args.phase
-        ](args)
-        print(json.dumps(result))
-        return
-
-    ceiling = child("ceiling", args)
+def train_rows(args: argparse.Namespace, ceiling: dict, rss: dict) -> list[tuple[str, str, str]]:
+    """The training phases (tok/s, GFLOP/s against the ceiling) and whole-process train RSS."""
     train = child("train", args)
     reference = child("train", args, ["--variant", "system_malloc"], system_malloc=True)
     train.update({k: v for k, v in reference.items() if k != "peak_rss_mb"})
-    rows = [
-        ("matmul fp32 2048^2", f"{ceiling['matmul_fp32_gflops']:.0f} GFLOP/s", ""),
-        ("matmul bf16 2048^2", f"{ceiling['matmul_bf16_gflops']:.0f} GFLOP/s", ""),
-    ]
+    rows = []
     base = train["train_fp32_tok_s"]
     for label, _, ceil in (*TRAIN_VARIANTS, *SYSTEM_MALLOC_VARIANTS):
         ratio = train[f"{label}_gflops"] / ceiling[f"matmul_{ceil}_gflops"]
@@ -345,7 +319,6 @@ def main() -> None:
                 f"GFLOP/s = {ratio:.2f} of {ceil} ceiling",
             )
         )
-    rss = process_rss(args)
     rows.append(
         (
             "peak RSS nmt train",
@@ -370,6 +343,53 @@ def main() -> None:
             f"{rss['rss_train_whole_logits_system_malloc']:.0f} MB",
         )
     )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", type=Path, help="trained model (run directory or .pt) for decoding"
+    )
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "multi30k")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128, help="decoding batch (sentences)")
+    parser.add_argument(
+        "--decode-only", action="store_true", help="skip the training phases (about 8 minutes)"
+    )
+    parser.add_argument("--phase", choices=["ceiling", "train", "decode"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--shortlist", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--beam", type=int, default=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    if args.phase:
+        import torch
+
+        from nmt.runtime import limit_primitive_cache, tune_allocator
+
+        torch.set_num_threads(args.threads)
+        limit_primitive_cache()  # as `nmt train` and `nmt translate` do
+        tune_allocator()  # as `nmt train` does; a no-op when NMT_SYSTEM_MALLOC=1
+        result = {"ceiling": phase_ceiling, "train": phase_train, "decode": phase_decode}[
+            args.phase
+        ](args)
+        print(json.dumps(result))
+        return
+
+    ceiling = child("ceiling", args)
+    rows = [
+        ("matmul fp32 2048^2", f"{ceiling['matmul_fp32_gflops']:.0f} GFLOP/s", ""),
+        ("matmul bf16 2048^2", f"{ceiling['matmul_bf16_gflops']:.0f} GFLOP/s", ""),
+    ]
+    rss = process_rss(args)
+    if not args.decode_only:
+        rows += train_rows(args, ceiling, rss)
     for beam in (1, 5) if args.model else ():
         rows.append(
             (

@@ -149,3 +149,18 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
         return torch.ao.quantization.quantize_dynamic(
             model, {torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8
         )
+
+
+def int8_rows(layer: torch.nn.Module, ids: torch.Tensor) -> torch.nn.Module:
+    """Rows `ids` of an int8 dynamic Linear as a layer of their own: the same int8 weights and
+    scale, so its outputs equal the full layer's columns `ids`."""
+    bias = layer.bias()
+    weight = layer.weight().index_select(0, ids)  # (C, A) int8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        rows = torch.ao.nn.quantized.dynamic.Linear(
+            weight.size(1), weight.size(0), bias_=bias is not None
+        )
+        rows.set_weight_bias(weight, None if bias is None else bias.index_select(0, ids))
+    return rows

@@ -57,6 +57,36 @@ def test_full_shortlist_changes_nothing(toy_tokenizer) -> None:
             assert a[0].score == pytest.approx(b[0].score, abs=1e-4)
 
 
+def test_int8_model_scores_a_shortlist_in_int8(toy_tokenizer, monkeypatch) -> None:
+    """An int8 model scores the shortlist's rows with an int8 layer quantized as the full output
+    layer was: with every token kept it translates exactly as the int8 model without one."""
+    from nmt.runtime import quantize_int8
+
+    model = quantize_int8(tiny_model(toy_tokenizer, seed=4))
+    vocab = toy_tokenizer.target_vocab_size
+    built = _shortlist(toy_tokenizer)
+    shortlist = Shortlist(torch.arange(vocab), built.translations, vocab, built.fingerprint)
+    layers: list[str] = []
+    logits = OutputSubset.logits
+
+    def spy(subset: OutputSubset, attentional: torch.Tensor) -> torch.Tensor:
+        layers.append(type(subset.int8).__module__)
+        return logits(subset, attentional)
+
+    src, _ = synthetic_pairs(9, seed=5)
+    for beam in (1, 3):
+        settings = SearchSettings(beam_size=beam, batch_size=4)
+        plain = Translator(model, toy_tokenizer, torch.device("cpu"), settings).translate(src)
+        with monkeypatch.context() as patch:
+            patch.setattr(OutputSubset, "logits", spy)
+            short = Translator(model, toy_tokenizer, torch.device("cpu"), settings, None, shortlist)
+            shortened = short.translate(src)
+        assert layers and all("quantized" in module for module in layers)
+        for a, b in zip(plain, shortened, strict=True):
+            assert a[0].text == b[0].text
+            assert a[0].score == pytest.approx(b[0].score, abs=1e-4)
+
+
 def test_small_shortlist_only_emits_candidates(toy_tokenizer) -> None:
     model = tiny_model(toy_tokenizer, seed=4)
     shortlist = _shortlist(toy_tokenizer, frequent=2, per_source=1)

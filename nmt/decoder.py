@@ -202,6 +202,12 @@ class Decoder(nn.Module):
                 x_gates = F.linear(embedded, w_ih[:, :emb_size], bias).unbind(0)  # T x (B, 4Hd)
                 w_ih = w_ih[:, emb_size:]  # the attentional-vector columns
             weights.append((torch.cat([w_ih, w_hh], dim=1).t(), bias))
+        device = tgt_in.device.type
+        if torch.is_autocast_enabled(device):
+            # Autocast caches the casts of parameters only: cast these per-forward products
+            # once here, not in every step's addmm (and back in every step's backward).
+            dtype = torch.get_autocast_dtype(device)
+            weights = [(w.to(dtype), bias.to(dtype)) for w, bias in weights]
         assert isinstance(state.hidden, tuple) and state.feed is not None
         h = list(state.hidden[0].unbind(0))  # per layer (B, Hd)
         c = list(state.hidden[1].unbind(0))

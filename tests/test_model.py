@@ -109,6 +109,27 @@ def test_unrolled_lstm_matches_reference_loop(toy_tokenizer, layers) -> None:
         torch.testing.assert_close(fast_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4)
 
 
+def test_unrolled_lstm_under_bf16_autocast_matches_reference_loop(toy_tokenizer) -> None:
+    """Under bf16 autocast the written-out LSTM casts its step weights once per forward; outputs
+    and gradients must still match nn.LSTM once per step to bf16 precision."""
+    model = tiny_model(toy_tokenizer, decoder_layers=2, input_feeding=True).eval()
+    batch = _batch(toy_tokenizer, n=5, seed=2)
+    results = []
+    for unrolled in (True, False):
+        model.decoder.unrolled_lstm = unrolled
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(batch)
+        logits.float().logsumexp(-1).sum().backward()
+        results.append((logits.float(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (fast, fast_grads), (ref, ref_grads) = results
+    torch.testing.assert_close(fast, ref, atol=0.05, rtol=0.02)
+    for name in ref_grads:
+        assert fast_grads[name].dtype == torch.float32
+        scale = float(ref_grads[name].abs().max()) + 1e-6
+        assert float((fast_grads[name] - ref_grads[name]).abs().max()) <= 0.05 * scale, name
+
+
 @pytest.mark.parametrize("attention", ["luong", "bahdanau"])
 def test_hypotheses_share_their_source_memory(toy_tokenizer, attention) -> None:
     """Beam search keeps one memory row per source for its K hypotheses: the step must equal

@@ -15,6 +15,7 @@ from nmt.embeddings import Embeddings
 from nmt.encoder import Encoder
 from nmt.errors import RecipeError
 from nmt.recipe import ModelConfig
+from nmt.runtime import int8_rows
 from nmt.tokenizer import PAD_ID
 
 
@@ -23,27 +24,25 @@ class OutputSubset:
     """The rows of the output layer that decoding scores (a shortlist); the rest get -inf."""
 
     ids: torch.Tensor  # (C,) target ids
-    weight: torch.Tensor  # (C, A) their output-layer rows
+    weight: torch.Tensor | None  # (C, A) their fp32 output-layer rows; None with int8
     # The same rows as an int8 dynamic Linear, for an int8 model: 3-5x faster than the fp32
     # product at (beam x batch, A) x (A, C) on AVX-512 (benchmarks/run.py, int8_shortlist).
     int8: nn.Module | None = None
+
+    @classmethod
+    def of(cls, model: Seq2Seq, ids: torch.Tensor) -> OutputSubset:
+        """The rows `ids` of the model's output layer, int8 where the model is int8."""
+        output = model.decoder.output
+        if callable(output.weight):  # dynamic quantization keeps its weight behind a call
+            return cls(ids, None, int8_rows(output, ids))
+        return cls(ids, output.weight.detach().index_select(0, ids))
 
     def logits(self, attentional: torch.Tensor) -> torch.Tensor:
         """(B, A) -> (B, C) scores of the subset's tokens."""
         if self.int8 is not None:
             return self.int8(attentional)
+        assert self.weight is not None
         return attentional @ self.weight.t()
-
-
-def output_weight(model: Seq2Seq) -> torch.Tensor:
-    """The output layer's (V, A) float weight, also of an int8-quantized model."""
-    weight = model.decoder.output.weight
-    return weight().dequantize() if callable(weight) else weight.detach()
-
-
-def is_int8(model: Seq2Seq) -> bool:
-    """Whether the output layer is int8 (dynamic quantization keeps its weight behind a call)."""
-    return callable(model.decoder.output.weight)
 
 
 class Seq2Seq(nn.Module):

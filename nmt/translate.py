@@ -14,8 +14,7 @@ from itertools import islice
 import torch
 
 from nmt.batching import make_batch
-from nmt.model import OutputSubset, Seq2Seq, is_int8, output_weight
-from nmt.runtime import int8_rows
+from nmt.model import OutputSubset, Seq2Seq
 from nmt.search import Hypothesis, beam_search, greedy
 from nmt.shortlist import Shortlist
 from nmt.textio import one_line
@@ -75,21 +74,14 @@ class Translator:
         self.settings = settings
         self.autocast_dtype = autocast_dtype
         self.shortlist = shortlist
-        self._output_weight = output_weight(self.model) if shortlist is not None else None
-        self._int8 = is_int8(self.model)  # then the shortlist's rows are int8 too
 
     def _search(self, ids: list[list[int]]) -> list[list[Hypothesis]]:
         s = self.settings
         batch = make_batch(ids).to(self.device)
         subset = None
-        if self._output_weight is not None:  # set exactly when there is a shortlist
-            assert self.shortlist is not None
+        if self.shortlist is not None:
             candidates = self.shortlist.candidates(batch.src).to(self.device)
-            subset = OutputSubset(
-                candidates,
-                self._output_weight.index_select(0, candidates),
-                int8_rows(self.model.decoder.output, candidates) if self._int8 else None,
-            )
+            subset = OutputSubset.of(self.model, candidates)
         with torch.autocast(
             self.device.type,
             dtype=self.autocast_dtype or torch.bfloat16,

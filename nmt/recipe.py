@@ -48,6 +48,12 @@ class TokenizerConfig:
     joint: bool = True  # one model and vocabulary for both languages
     character_coverage: float = 1.0
     max_training_sentences: int = 2_000_000  # sentences sampled to train SentencePiece
+    # Subword regularisation in training: each epoch draws a new segmentation of every pair.
+    # unigram: SentencePiece's sampling (Kudo, 2018), alpha the smoothing exponent (lower = more
+    # varied) over the sampling_nbest best segmentations (-1 = all); bpe: BPE-dropout (Provilkov
+    # et al., 2020), alpha the merge-dropout probability. 0 = off. Decoding never samples.
+    sampling_alpha: float = 0.0
+    sampling_nbest: int = -1
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,7 @@ _NON_NEGATIVE = {
     "train.min_learning_rate",
     "decode.length_penalty",
     "expected.tolerance",
+    "tokenizer.sampling_alpha",
 }
 _PROBABILITIES = {
     "model.dropout",
@@ -288,6 +295,18 @@ def _check_consistency(recipe: Recipe) -> None:
     if recipe.model.tie_embeddings and not recipe.tokenizer.joint:
         raise RecipeError(
             "model.tie_embeddings", "needs a joint vocabulary; set tokenizer.joint: true"
+        )
+    t = recipe.tokenizer
+    if t.sampling_nbest != -1 and t.sampling_nbest < 2:
+        raise RecipeError(
+            "tokenizer.sampling_nbest",
+            f"must be -1 (all segmentations) or at least 2, got {t.sampling_nbest}",
+        )
+    if t.type == "bpe" and t.sampling_alpha > 1:
+        raise RecipeError(
+            "tokenizer.sampling_alpha",
+            f"is BPE-dropout's probability for a bpe tokenizer: between 0 and 1, "
+            f"got {t.sampling_alpha}",
         )
     if recipe.train.max_sentences > recipe.train.batch_tokens:
         raise RecipeError("train.max_sentences", "must not exceed train.batch_tokens")

@@ -115,6 +115,17 @@ class Tokenizer:
         """Target ids without BOS/EOS (batching adds them)."""
         return self._target.encode(list(lines))
 
+    def sample_pairs(
+        self, source: Sequence[str], target: Sequence[str], alpha: float, nbest: int, seed: int
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """One sampled segmentation of each pair, as encode_source / encode_target return them
+        (subword regularisation; see TokenizerConfig.sampling_alpha). The same seed gives the same
+        ids: SentencePiece's generator is seeded here and encodes on one thread."""
+        spm.set_random_generator_seed(seed % 2**32)
+        options = {"enable_sampling": True, "alpha": alpha, "nbest_size": nbest, "num_threads": 1}
+        src = [[*ids, EOS_ID] for ids in self._source.encode(list(source), **options)]
+        return src, self._target.encode(list(target), **options)
+
     def source_pieces(self, line: str) -> list[str]:
         return self._source.encode(line, out_type=str)
 

@@ -80,12 +80,14 @@ def learning_rate(config: TrainConfig, progress: Progress, total_steps: int) -> 
 
 @dataclass
 class TrainingData:
-    """Tokenized training pairs and raw validation text."""
+    """Tokenized training pairs (and their text, for subword sampling) and raw validation text."""
 
     source_ids: list[list[int]]
     target_ids: list[list[int]]
     valid: ParallelText
     skipped_long: int = 0
+    source_text: list[str] = field(default_factory=list)
+    target_text: list[str] = field(default_factory=list)
 
 
 def prepare_data(
@@ -94,18 +96,23 @@ def prepare_data(
     """Encode the training split once; drop empty pairs and pairs longer than max_length tokens."""
     src_all = tokenizer.encode_source(train.source)
     tgt_all = tokenizer.encode_target(train.target)
-    src_ids, tgt_ids, skipped = [], [], 0
-    for s, t in zip(src_all, tgt_all, strict=True):
-        if len(s) <= 1 or not t or len(s) > max_length or len(t) + 1 > max_length:
-            skipped += 1
-            continue
-        src_ids.append(s)
-        tgt_ids.append(t)
-    if not src_ids:
+    kept = [
+        i
+        for i, (s, t) in enumerate(zip(src_all, tgt_all, strict=True))
+        if len(s) > 1 and t and len(s) <= max_length and len(t) + 1 <= max_length
+    ]
+    if not kept:
         raise TrainingError(
             f"no training pair is non-empty and within train.max_length {max_length}"
         )
-    return TrainingData(src_ids, tgt_ids, valid, skipped)
+    return TrainingData(
+        [src_all[i] for i in kept],
+        [tgt_all[i] for i in kept],
+        valid,
+        len(src_all) - len(kept),
+        [train.source[i] for i in kept],
+        [train.target[i] for i in kept],
+    )
 
 
 class StopRequest:
@@ -213,13 +220,8 @@ class Trainer:
             lr=self.config.learning_rate,
             weight_decay=self.config.weight_decay,
         )
-        self.batches = BucketedBatches(
-            [len(s) for s in data.source_ids],
-            [len(t) for t in data.target_ids],
-            self.config.batch_tokens,
-            self.config.max_sentences,
-            recipe.seed,
-        )
+        # the current epoch's token ids: data's, or a sampled segmentation (epoch_ids)
+        self.source_ids, self.target_ids = data.source_ids, data.target_ids
         self.dtype = autocast_dtype(self.config.precision)
         self.planned_steps = self.total_steps()  # the cosine schedule's length
         self.stop_request = StopRequest()
@@ -227,6 +229,36 @@ class Trainer:
     def learning_rate(self) -> float:
         """The rate of the next step under the recipe's schedule."""
         return learning_rate(self.config, self.progress, self.planned_steps)
+
+    def epoch_ids(self, epoch: int) -> tuple[list[list[int]], list[list[int]]]:
+        """The token ids of `epoch`: the fixed segmentation, or with tokenizer.sampling_alpha a
+        new sampled one, seeded by (seed, epoch) so that a resumed run draws it again. A sampled
+        pair longer than train.max_length keeps its fixed segmentation."""
+        t, d = self.recipe.tokenizer, self.data
+        if t.sampling_alpha == 0:
+            return d.source_ids, d.target_ids
+        src, tgt = self.tokenizer.sample_pairs(
+            d.source_text,
+            d.target_text,
+            t.sampling_alpha,
+            t.sampling_nbest,
+            seed=self.recipe.seed * 1_000_003 + epoch,
+        )
+        limit = self.config.max_length
+        for i, (s, g) in enumerate(zip(src, tgt, strict=True)):
+            if len(s) > limit or len(g) + 1 > limit:
+                src[i], tgt[i] = d.source_ids[i], d.target_ids[i]
+        return src, tgt
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Index lists of the batches of `epoch` over (source_ids, target_ids), in order."""
+        return BucketedBatches(
+            [len(s) for s in self.source_ids],
+            [len(t) for t in self.target_ids],
+            self.config.batch_tokens,
+            self.config.max_sentences,
+            self.recipe.seed,
+        ).epoch(epoch)
 
     # ----- checkpoints ---------------------------------------------------------------------
 
@@ -268,15 +300,15 @@ class Trainer:
 
     def train_step(self, batch_indices: list[int]) -> tuple[float, int]:
         """Returns (summed loss, target tokens); a skipped update returns (nan, tokens)."""
-        d = self.data
+        src, tgt = self.source_ids, self.target_ids
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
-        n_tokens = sum(len(d.target_ids[i]) + 1 for i in batch_indices)
+        n_tokens = sum(len(tgt[i]) + 1 for i in batch_indices)
         try:
-            batch = make_batch(
-                [d.source_ids[i] for i in batch_indices], [d.target_ids[i] for i in batch_indices]
-            ).to(self.device)
+            batch = make_batch([src[i] for i in batch_indices], [tgt[i] for i in batch_indices]).to(
+                self.device
+            )
             loss = batch_loss(
                 self.model,
                 batch,
@@ -400,7 +432,7 @@ class Trainer:
             handle.write(json.dumps(record) + "\n")
 
     def total_steps(self) -> int:
-        per_epoch = len(self.batches.epoch(0))
+        per_epoch = len(self.epoch_batches(0))  # sampled epochs differ by a few batches
         by_epochs = per_epoch * self.config.max_epochs
         return min(by_epochs, self.config.max_steps) if self.config.max_steps else by_epochs
 
@@ -458,7 +490,8 @@ class Trainer:
         c, p = self.config, self.progress
         window = _LossWindow()
         while p.epoch < c.max_epochs:
-            order = self.batches.epoch(p.epoch)
+            self.source_ids, self.target_ids = self.epoch_ids(p.epoch)
+            order = self.epoch_batches(p.epoch)
             while p.batch_in_epoch < len(order):
                 step_start = time.perf_counter()
                 loss, n_tokens = self.train_step(order[p.batch_in_epoch])

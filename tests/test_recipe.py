@@ -58,6 +58,13 @@ def test_integer_accepted_where_float_expected() -> None:
         ({"tokenizer": {"type": "wordpiece"}}, "tokenizer.type", "allowed: unigram, bpe"),
         ({"tokenizer": {"vocab_size": True}}, "tokenizer.vocab_size", "expected an integer"),
         ({"decode": {"beam_size": 0}}, "decode.beam_size", "greater than 0"),
+        ({"tokenizer": {"sampling_alpha": -0.1}}, "tokenizer.sampling_alpha", "not be negative"),
+        ({"tokenizer": {"sampling_nbest": 1}}, "tokenizer.sampling_nbest", "-1 (all"),
+        (
+            {"tokenizer": {"type": "bpe", "sampling_alpha": 1.5}},
+            "tokenizer.sampling_alpha",
+            "between 0 and 1",
+        ),
         ({"data": {"test_splits": "test"}}, "data.test_splits", "a list of str"),
         ({"data": {"dataset": 5}}, "data.dataset", "expected a string"),
         ({"model": 3}, "model", "expected a mapping"),

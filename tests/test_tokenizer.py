@@ -56,3 +56,19 @@ def test_vocab_too_small_names_the_key() -> None:
     src, tgt = synthetic_pairs(100)
     with pytest.raises(RecipeError, match=r"'tokenizer\.vocab_size': 10 is too small"):
         Tokenizer.train(src, tgt, TokenizerConfig(vocab_size=10), 0)
+
+
+@pytest.mark.parametrize("kind", ["unigram", "bpe"])
+def test_sampled_segmentations_spell_the_same_text_and_follow_the_seed(kind: str) -> None:
+    src, tgt = synthetic_pairs(300)
+    tok = Tokenizer.train(src, tgt, TokenizerConfig(type=kind, vocab_size=60), 0)
+    fixed = tok.encode_target(tgt)
+    first = tok.sample_pairs(src, tgt, alpha=0.3, nbest=-1, seed=11)
+    assert first == tok.sample_pairs(src, tgt, alpha=0.3, nbest=-1, seed=11)
+    other = tok.sample_pairs(src, tgt, alpha=0.3, nbest=-1, seed=12)
+    assert other[1] != first[1]
+    sampled_src, sampled_tgt = first
+    assert sampled_tgt != fixed  # some pairs are cut differently ...
+    assert tok.decode_target(sampled_tgt) == tok.decode_target(fixed)  # ... into the same text
+    assert all(seq[-1] == EOS_ID for seq in sampled_src)
+    assert [s[:-1] for s in sampled_src] != [s[:-1] for s in tok.encode_source(src)]

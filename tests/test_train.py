@@ -59,15 +59,22 @@ def test_same_seed_same_parameters(tmp_path, toy_dataset) -> None:
 
 
 @pytest.mark.parametrize(
-    "schedule",
-    [{}, {"lr_schedule": "cosine", "min_learning_rate": 1e-4}],
-    ids=["plateau", "cosine"],
+    "changes",
+    [
+        {},
+        {"train": {"lr_schedule": "cosine", "min_learning_rate": 1e-4}},
+        {"tokenizer": {"sampling_alpha": 0.3}, "train": {"batch_tokens": 1600}},
+    ],
+    ids=["plateau", "cosine", "subword-sampling"],
 )
 def test_interrupted_and_resumed_run_continues_the_same_trajectory(
-    tmp_path, toy_dataset, schedule
+    tmp_path, toy_dataset, changes
 ) -> None:
-    """A stop request (as from SIGINT/SIGTERM) at step 5 then --resume == one uninterrupted run."""
-    rec = from_dict(toy_recipe(train=schedule))
+    """A stop request (as from SIGINT/SIGTERM) at step 5 then --resume == one uninterrupted run.
+
+    With subword sampling (10 batches an epoch) the run resumes in the first epoch and goes
+    on into the second, whose segmentation is drawn anew."""
+    rec = from_dict(toy_recipe(**changes))
     api.train(rec, tmp_path / "straight", data_dir=toy_dataset, progress_bar=False)
 
     def interrupt(trainer) -> None:
@@ -297,3 +304,20 @@ def test_overfits_100_pairs(tmp_path, multi30k_dir) -> None:
     )
     progress = api.train(rec, tmp_path, data_dir=multi30k_dir, progress_bar=False)
     assert progress.best_bleu > 90
+
+
+def test_subword_sampling_draws_a_new_segmentation_each_epoch(tmp_path, toy_dataset) -> None:
+    rec = from_dict(toy_recipe(tokenizer={"sampling_alpha": 0.3}, train={"batch_tokens": 1600}))
+    by_epoch: dict[int, list[list[int]]] = {}
+    trainers = []
+
+    def record(trainer) -> None:
+        by_epoch.setdefault(trainer.progress.epoch, trainer.target_ids)
+        trainers[:] = [trainer]
+
+    api.train(rec, tmp_path / "run", data_dir=toy_dataset, progress_bar=False, trainer_hook=record)
+    (trainer,) = trainers
+    fixed = trainer.data.target_ids
+    assert sorted(by_epoch) == [0, 1]  # 12 steps, 10 batches of 32 or fewer an epoch
+    assert by_epoch[0] != by_epoch[1] and by_epoch[0] != fixed
+    assert trainer.tokenizer.decode_target(by_epoch[1]) == trainer.tokenizer.decode_target(fixed)

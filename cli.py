@@ -96,6 +96,10 @@ PRECISION_HELP = (
     "int8 dynamic quantization (CPU)."
 )
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a recipe key: section.key=value (repeatable)."),
+]
 Threads = Annotated[
     int | None, typer.Option(help="CPU threads (default: torch's, which honours OMP_NUM_THREADS).")
 ]
@@ -126,10 +130,7 @@ def train(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (default runs/NAME).")
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a recipe key: section.key=value (repeatable)."),
-    ] = None,
+    set_: SetOption = None,
     data: Data = None,
     device: Device = "auto",
     resume: Annotated[
@@ -276,6 +277,7 @@ def reproduce(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (default runs/NAME).")
     ] = None,
+    set_: SetOption = None,
     data: Data = None,
     device: Device = "auto",
     threads: Threads = None,
@@ -284,7 +286,13 @@ def reproduce(
     """Train (or resume) a recipe, score its test splits, compare with its expected scores."""
     _setup_logging()
     rows = api.reproduce(
-        recipe, out, data_dir=data, device=device, threads=threads, progress_bar=progress
+        recipe,
+        out,
+        data_dir=data,
+        device=device,
+        threads=threads,
+        progress_bar=progress,
+        overrides=set_ or [],
     )
     typer.echo(
         f"{'split':10s} {'metric':8s} {'score':>6s} {'expected':>8s} {'tol':>5s} "

@@ -178,6 +178,21 @@ def test_evaluate_split_and_reproduce(tmp_path, toy_dataset) -> None:
     assert short.stdout != result.stdout
     hyps = (tmp_path / "run" / "test.hyp.txt").read_text().splitlines()
     assert hyps and all(len(h.split()) <= 1 for h in hyps)
+    # --set overrides a key of the recipe file, as for nmt train.
+    raw["decode"]["max_length"] = 20
+    recipe.write_text(yaml.safe_dump(raw))
+    overridden = _invoke(
+        "reproduce",
+        recipe,
+        "--data",
+        toy_dataset,
+        "--out",
+        tmp_path / "run",
+        "--no-progress",
+        "--set",
+        "decode.max_length=1",
+    )
+    assert overridden.stdout == short.stdout
 
 
 def test_bad_inputs(trained, tmp_path, toy_dataset) -> None:

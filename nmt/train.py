@@ -90,6 +90,11 @@ class TrainingData:
     target_text: list[str] = field(default_factory=list)
 
 
+def within_length(src: list[int], tgt: list[int], max_length: int) -> bool:
+    """Whether a pair fits train.max_length: source with its EOS, target with BOS/EOS."""
+    return len(src) <= max_length and len(tgt) + 1 <= max_length
+
+
 def prepare_data(
     train: ParallelText, valid: ParallelText, tokenizer: Tokenizer, max_length: int
 ) -> TrainingData:
@@ -99,7 +104,7 @@ def prepare_data(
     kept = [
         i
         for i, (s, t) in enumerate(zip(src_all, tgt_all, strict=True))
-        if len(s) > 1 and t and len(s) <= max_length and len(t) + 1 <= max_length
+        if len(s) > 1 and t and within_length(s, t, max_length)
     ]
     if not kept:
         raise TrainingError(
@@ -244,9 +249,8 @@ class Trainer:
             t.sampling_nbest,
             seed=self.recipe.seed * 1_000_003 + epoch,
         )
-        limit = self.config.max_length
         for i, (s, g) in enumerate(zip(src, tgt, strict=True)):
-            if len(s) > limit or len(g) + 1 > limit:
+            if not within_length(s, g, self.config.max_length):
                 src[i], tgt[i] = d.source_ids[i], d.target_ids[i]
         return src, tgt
 

@@ -90,10 +90,13 @@ class TrainConfig:
     warmup_steps: int = 0
     # plateau: multiply lr by lr_decay_factor after lr_patience validations without a gain;
     # cosine: decay from learning_rate to min_learning_rate over the run's planned steps
-    # (max_epochs, or max_steps if fewer), so that a fixed budget ends at a small rate
-    lr_schedule: Literal["plateau", "cosine"] = "plateau"
+    # (max_epochs, or max_steps if fewer), so that a fixed budget ends at a small rate;
+    # wsd (warm-up, stable, decay): learning_rate until the last lr_decay_fraction of the planned
+    # steps, then a straight line down to min_learning_rate at the planned end
+    lr_schedule: Literal["plateau", "cosine", "wsd"] = "plateau"
     lr_decay_factor: float = 0.5  # multiply lr by this after `lr_patience` validations w/o gain
     lr_patience: int = 2
+    lr_decay_fraction: float = 0.2  # wsd: the share of planned steps spent decaying
     min_learning_rate: float = 1e-5
     max_epochs: int = 10
     max_steps: int | None = None
@@ -197,6 +200,7 @@ _PROBABILITIES = {
     "model.word_dropout",
     "train.label_smoothing",
     "train.lr_decay_factor",
+    "train.lr_decay_fraction",
     "tokenizer.character_coverage",
 }
 

@@ -66,7 +66,9 @@ def learning_rate(config: TrainConfig, progress: Progress, total_steps: int) -> 
     """Linear warm-up to the base rate, then the schedule's decay.
 
     plateau: the decays applied so far on validation plateaus. cosine: half a cosine from the base
-    rate at the end of warm-up to min_learning_rate at step `total_steps`.
+    rate at the end of warm-up to min_learning_rate at step `total_steps`. wsd: the base rate
+    until the last lr_decay_fraction of `total_steps`, then linearly down to min_learning_rate:
+    a fixed budget spends most steps at the high rate and still ends at a small one.
     """
     step = progress.step + 1
     warm = min(1.0, step / config.warmup_steps) if config.warmup_steps else 1.0
@@ -75,6 +77,13 @@ def learning_rate(config: TrainConfig, progress: Progress, total_steps: int) -> 
         done = min(1.0, max(0.0, (step - config.warmup_steps) / span))
         low, high = config.min_learning_rate, config.learning_rate
         return (low + (high - low) * 0.5 * (1.0 + math.cos(math.pi * done))) * warm
+    if config.lr_schedule == "wsd":
+        span = config.lr_decay_fraction * total_steps
+        left = total_steps - step  # steps after this one
+        if span <= 0 or left >= span:
+            return config.learning_rate * warm
+        low, high = config.min_learning_rate, config.learning_rate
+        return (low + (high - low) * max(0.0, left) / span) * warm
     return max(config.min_learning_rate, config.learning_rate * progress.lr_scale) * warm
 
 
@@ -228,7 +237,7 @@ class Trainer:
         # the current epoch's token ids: data's, or a sampled segmentation (epoch_ids)
         self.source_ids, self.target_ids = data.source_ids, data.target_ids
         self.dtype = autocast_dtype(self.config.precision)
-        self.planned_steps = self.total_steps()  # the cosine schedule's length
+        self.planned_steps = self.total_steps()  # the cosine and wsd schedules' length
         self.stop_request = StopRequest()
 
     def learning_rate(self) -> float:

@@ -55,6 +55,8 @@ def test_integer_accepted_where_float_expected() -> None:
         ({"train": {"max_steps": -1}}, "train.max_steps", "greater than 0"),
         ({"train": {"precision": "fp16"}}, "train.precision", "allowed: fp32, bf16"),
         ({"train": {"warmup_steps": -5}}, "train.warmup_steps", "not be negative"),
+        ({"train": {"lr_schedule": "noam"}}, "train.lr_schedule", "allowed: plateau, cosine, wsd"),
+        ({"train": {"lr_decay_fraction": 1.2}}, "train.lr_decay_fraction", "between 0 and 1"),
         ({"tokenizer": {"type": "wordpiece"}}, "tokenizer.type", "allowed: unigram, bpe"),
         ({"tokenizer": {"vocab_size": True}}, "tokenizer.vocab_size", "expected an integer"),
         ({"decode": {"beam_size": 0}}, "decode.beam_size", "greater than 0"),

@@ -63,9 +63,10 @@ def test_same_seed_same_parameters(tmp_path, toy_dataset) -> None:
     [
         {},
         {"train": {"lr_schedule": "cosine", "min_learning_rate": 1e-4}},
+        {"train": {"lr_schedule": "wsd", "lr_decay_fraction": 0.5}},
         {"tokenizer": {"sampling_alpha": 0.3}, "train": {"batch_tokens": 1600}},
     ],
-    ids=["plateau", "cosine", "subword-sampling"],
+    ids=["plateau", "cosine", "wsd", "subword-sampling"],
 )
 def test_interrupted_and_resumed_run_continues_the_same_trajectory(
     tmp_path, toy_dataset, changes
@@ -121,6 +122,42 @@ def test_cosine_schedule_falls_from_the_base_rate_to_the_floor() -> None:
     # a plateau never changes the cosine rate
     plateau = train_mod.Progress(step=59, lr_scale=0.25)
     assert train_mod.learning_rate(config, plateau, 110) == rates[59]
+
+
+def test_wsd_schedule_holds_the_base_rate_then_falls_linearly_to_the_floor() -> None:
+    config = from_dict(
+        toy_recipe(
+            train={
+                "lr_schedule": "wsd",
+                "learning_rate": 0.002,
+                "min_learning_rate": 1e-5,
+                "lr_decay_fraction": 0.25,
+                "warmup_steps": 10,
+            }
+        )
+    ).train
+    rates = [train_mod.learning_rate(config, train_mod.Progress(step=s), 200) for s in range(220)]
+    assert rates[0] == pytest.approx(0.002 / 10)  # warm-up
+    assert rates[9:150] == [pytest.approx(0.002)] * 141  # stable until the last 50 steps
+    falls = [a - b for a, b in itertools.pairwise(rates[149:200])]
+    assert falls == [pytest.approx((0.002 - 1e-5) / 50)] * 50  # one straight line ...
+    assert rates[199:] == [pytest.approx(1e-5)] * 21  # ... to the floor at the planned end
+    # a plateau never changes the wsd rate
+    plateau = train_mod.Progress(step=170, lr_scale=0.25)
+    assert train_mod.learning_rate(config, plateau, 200) == rates[170]
+
+
+def test_wsd_run_decays_only_at_the_end(tmp_path, toy_dataset) -> None:
+    rec = from_dict(
+        toy_recipe(
+            train={"lr_schedule": "wsd", "lr_decay_fraction": 0.5, "min_learning_rate": 1e-4}
+        )
+    )
+    api.train(rec, tmp_path, data_dir=toy_dataset, progress_bar=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["lr"] for r in records if "valid_bleu" in r]
+    assert rates[0] == pytest.approx(rec.train.learning_rate)
+    assert rates[-1] == pytest.approx(1e-4)
 
 
 def test_cosine_run_ends_at_the_floor(tmp_path, toy_dataset) -> None:

@@ -156,7 +156,9 @@ def test_wsd_run_decays_only_at_the_end(tmp_path, toy_dataset) -> None:
     api.train(rec, tmp_path, data_dir=toy_dataset, progress_bar=False)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rates = [r["lr"] for r in records if "valid_bleu" in r]
+    # validations after steps 4, 8, 12 of 12: the decay spans the last 6
     assert rates[0] == pytest.approx(rec.train.learning_rate)
+    assert rec.train.learning_rate > rates[1] > 1e-4
     assert rates[-1] == pytest.approx(1e-4)
 
 

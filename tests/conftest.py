@@ -3,12 +3,15 @@ tests may run beside other work, where two OpenMP threads wait on each other."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
 _TMP_HOME = tempfile.mkdtemp(prefix="nmt-tests-")
+atexit.register(shutil.rmtree, _TMP_HOME, ignore_errors=True)  # the caches die with the session
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = os.path.join(_TMP_HOME, "hf")

@@ -356,9 +356,8 @@ def from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Recipe
     return recipe
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe and apply `section.key=value` overrides before validation."""
-    path = Path(path)
+def _read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The recipe's mapping, with its `base:` recipe (a path relative to it) merged underneath."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -374,4 +373,24 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError(str(path), "a recipe must be a mapping of sections")
-    return from_dict(raw, overrides)
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base:
+        raise RecipeError(f"{path}: base", "expected the path of another recipe file")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen:
+        raise RecipeError(f"{path}: base", f"recipes inherit from each other in a cycle: {base}")
+    merged = _read_raw(base_path, (*seen, path.resolve()))
+    for section, value in raw.items():  # a section's keys override the base's; lists replace
+        if isinstance(value, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **value}
+        else:
+            merged[section] = value
+    return merged
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe (and its `base:` recipe) and apply `section.key=value` overrides before
+    validation."""
+    return from_dict(_read_raw(Path(path)), overrides)

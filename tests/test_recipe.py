@@ -115,3 +115,54 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(RecipeError, match="cannot read"):
         recipe.load(binary)
+
+
+def test_base_recipe_is_merged_underneath(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(
+        "name: base\nmodel: {cell: gru, dropout: 0.2}\ntrain: {max_epochs: 3}\n"
+        "expected: [{split: test, metric: bleu, score: 1.0}]\n"
+    )
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text(
+        "base: ../base.yaml\nname: child\nmodel: {dropout: 0.1}\n"
+        "expected: [{split: test, metric: chrf, score: 2.0}]\n"
+    )
+    rec = recipe.load(child, ["train.max_epochs=5"])
+    assert rec.name == "child"
+    assert rec.model.cell == "gru"  # kept from the base
+    assert rec.model.dropout == pytest.approx(0.1)  # replaced key by key
+    assert rec.train.max_epochs == 5  # overrides apply after the merge
+    assert [e.metric for e in rec.expected] == ["chrf"]  # a list replaces the base's
+
+
+def test_bad_base_recipes(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("base: nope.yaml\n")
+    with pytest.raises(RecipeError, match=r"nope\.yaml.*not found"):
+        recipe.load(missing)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(RecipeError, match="cycle"):
+        recipe.load(tmp_path / "a.yaml")
+    numeric = tmp_path / "numeric.yaml"
+    numeric.write_text("base: 3\n")
+    with pytest.raises(RecipeError, match=r"base.*path of another recipe"):
+        recipe.load(numeric)
+
+
+@pytest.mark.parametrize("direction", ["de_en", "en_de"])
+def test_bf16_recipes_differ_from_their_base_only_where_they_say(direction: str) -> None:
+    root = Path(__file__).parent.parent / "recipes"
+    fp32 = recipe.load(root / f"multi30k_{direction}.yaml").to_dict()
+    bf16 = recipe.load(root / f"multi30k_{direction}_bf16.yaml").to_dict()
+    assert bf16["train"]["precision"] == "bf16" and fp32["train"]["precision"] == "fp32"
+    for section, values in fp32.items():
+        if not isinstance(values, dict):
+            continue
+        changed = {k for k in values if values[k] != bf16[section][k]}
+        expected_changes = {
+            "train": {"precision", "max_epochs"},
+            "decode": {"length_penalty"},
+        }.get(section, set())
+        assert changed <= expected_changes, (section, changed)

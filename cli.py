@@ -109,6 +109,12 @@ Data = Annotated[
         help="Local copy of the recipe's dataset (a directory datasets.load_dataset reads)."
     ),
 ]
+ModelPaths = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Run directory (uses best.pt) or checkpoint file; several decode as an ensemble."
+    ),
+]
 ShortlistFile = Annotated[
     Path | None,
     typer.Option(help="Score only a lexical shortlist's tokens (from nmt shortlist): faster."),
@@ -167,7 +173,7 @@ def train(
 @app.command()
 @_handle_errors
 def translate(
-    model: Annotated[Path, typer.Argument(help="Run directory (uses best.pt) or checkpoint file.")],
+    model: ModelPaths,
     input: Annotated[
         Path | None, typer.Option("--input", "-i", help="Input file (default stdin).")
     ] = None,
@@ -216,7 +222,7 @@ def translate(
 @app.command()
 @_handle_errors
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="Run directory (uses best.pt) or checkpoint file.")],
+    model: ModelPaths,
     source: Annotated[Path | None, typer.Option(help="Source text file.")] = None,
     reference: Annotated[
         Path | None, typer.Option(help="Reference translations, one per line.")

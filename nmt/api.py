@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nmt import checkpoint as ckpt
+from nmt import ensemble_training
 from nmt import recipe as recipe_mod
 from nmt import shortlist as shortlist_mod
 from nmt.data import load_splits
+from nmt.ensemble import Ensemble
 from nmt.errors import CheckpointError, NmtError, TrainingError
 from nmt.evaluate import Score, score_corpus
 from nmt.model import build_model
@@ -103,10 +105,30 @@ def train(
     threads: int | None = None,
     progress_bar: bool = True,
     trainer_hook=None,
+    tokenizer: Tokenizer | None = None,
 ) -> Progress:
-    """Train (or resume) a run; checkpoints, logs and metrics go to `out_dir`."""
+    """Train (or resume) a run; checkpoints, logs and metrics go to `out_dir`.
+
+    tokenizer: use this one instead of training one (the members of an ensemble share theirs).
+    A recipe with `train.ensemble` > 1 trains its members side by side in RUN/member-K; the
+    Progress returned is then the least advanced member's.
+    """
     rec = _recipe(recipe, overrides)
     run_dir = Path(out_dir) if out_dir is not None else Path("runs") / rec.name
+    if rec.train.ensemble > 1:
+        if init_from is not None:
+            raise NmtError("--init-from does not apply to a recipe with train.ensemble > 1")
+        members = ensemble_training.train_members(
+            rec,
+            run_dir,
+            data_dir=data_dir,
+            device=device,
+            resume=resume,
+            overwrite=overwrite,
+            threads=threads,
+        )
+        (run_dir / "recipe.yaml").write_text(_yaml(rec), encoding="utf-8")
+        return min(members, key=lambda p: (p.finished, p.step))
     set_threads(threads)
     limit_primitive_cache()
     dev = resolve_device(device)
@@ -131,6 +153,8 @@ def train(
         train_text, valid_text = splits[rec.data.train_split], splits[rec.data.valid_split]
         if payload is not None:
             _, tokenizer, model = ckpt.restore_model(payload, "resumed checkpoint")
+        elif tokenizer is not None:
+            model = build_model(rec.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
         elif init_from is not None:
             _, tokenizer, parent = ckpt.load_model(init_from)[:3]
             model = build_model(rec.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
@@ -214,7 +238,7 @@ def settings_from_recipe(
 
 
 def load_translator(
-    model_path: str | Path,
+    model_path: str | Path | Sequence[str | Path],
     *,
     device: str = "auto",
     precision: str = "fp32",
@@ -229,10 +253,26 @@ def load_translator(
     precision: fp32; bf16 (autocast: fast only on CPUs with AMX or AVX512-BF16, and on GPUs);
     int8 (dynamic quantization of Linear and LSTM weights, CPU only: device 'auto' picks the CPU).
     shortlist: a file from `build_shortlist`; decoding scores only its candidate tokens.
+    Several model paths decode as an ensemble (`nmt.ensemble`): they must share the tokenizer,
+    and the first one's recipe supplies the decoding settings and the dataset.
     """
     set_threads(threads)
     limit_primitive_cache()  # decoding batches shrink step by step: many shapes too
-    rec, tokenizer, model, _ = ckpt.load_model(model_path)
+    given = [model_path] if isinstance(model_path, str | Path) else list(model_path)
+    paths = [p for path in given for p in ensemble_training.expand_run_dir(Path(path))]
+    if not paths:
+        raise NmtError("no model given")
+    rec, tokenizer, model, _ = ckpt.load_model(paths[0])
+    members = [model]
+    for path in paths[1:]:
+        _, other_tokenizer, other, _ = ckpt.load_model(path)
+        if other_tokenizer.state_dict() != tokenizer.state_dict():
+            raise CheckpointError(
+                f"{path} uses another tokenizer than {paths[0]}: an ensemble needs one vocabulary"
+            )
+        members.append(other)
+    if len(members) > 1 and shortlist is not None:
+        raise NmtError("--shortlist cuts one model's output layer: not with several models")
     lexical = Shortlist.load(shortlist, tokenizer) if shortlist is not None else None
     settings = settings_from_recipe(rec, decode, **search_changes)
     # int8 kernels exist only for the CPU, so 'auto' means the CPU there
@@ -240,8 +280,9 @@ def load_translator(
     if precision == "int8":
         if dev.type != "cpu":
             raise NmtError("--precision int8 runs on the CPU only; add --device cpu")
-        model = quantize_int8(model)
-    return Translator(model, tokenizer, dev, settings, autocast_dtype(precision), lexical), rec
+        members = [quantize_int8(m) for m in members]
+    searcher = members[0] if len(members) == 1 else Ensemble(members)
+    return Translator(searcher, tokenizer, dev, settings, autocast_dtype(precision), lexical), rec
 
 
 def build_shortlist(
@@ -384,11 +425,19 @@ def reproduce(
             "run the same `nmt reproduce` again to resume it"
         )
     release_free_memory()  # training's heap is not needed for decoding
-    model_path: Path = run_dir / ckpt.BEST
-    if rec.decode.average_checkpoints > 1:
-        model_path = average(run_dir, rec.decode.average_checkpoints, run_dir / "averaged.pt")
+    members = (
+        ensemble_training.member_dirs(run_dir, rec.train.ensemble)
+        if rec.train.ensemble > 1
+        else [run_dir]
+    )
+    model_paths = []
+    for member in members:
+        model_path: Path = member / ckpt.BEST
+        if rec.decode.average_checkpoints > 1:
+            model_path = average(member, rec.decode.average_checkpoints, member / "averaged.pt")
+        model_paths.append(model_path)
     # This recipe's decoding, also for a run trained before its decode section was tuned.
-    translator, _ = load_translator(model_path, device=device, decode=rec.decode)
+    translator, _ = load_translator(model_paths, device=device, decode=rec.decode)
     rows = []
     for split in rec.data.test_splits:
         result = evaluate_split(translator, rec, split, data_dir)

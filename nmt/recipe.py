@@ -114,6 +114,9 @@ class TrainConfig:
     # back-propagated at once (8 MB fp32 chunks: -0.5 GB peak RSS, no padding rows, 1.06x tok/s);
     # 0: all (B, T, V) logits at once, the reference path
     loss_chunk_elements: int = 2**21
+    # > 1: train this many models from seeds seed, seed+1, ... side by side, one process each
+    # with the threads shared out, on one shared tokenizer; they decode as one ensemble
+    ensemble: int = 1
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ _POSITIVE = {
     "train.max_bad_steps",
     "train.log_every",
     "train.lr_patience",
+    "train.ensemble",
     "decode.beam_size",
     "decode.max_length_ratio",
     "decode.max_length",

@@ -17,6 +17,7 @@ import torch
 
 from nmt.batching import Batch
 from nmt.decoder import DecoderState, Memory
+from nmt.ensemble import Ensemble, EnsembleMemory, EnsembleState
 from nmt.model import OutputSubset, Seq2Seq
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -79,13 +80,13 @@ def top_k(values: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor, 
 
 
 def _next_log_probs(
-    model: Seq2Seq,
+    model: Seq2Seq | Ensemble,
     tokens: torch.Tensor,
-    state: DecoderState,
-    memory: Memory,
+    state: DecoderState | EnsembleState,
+    memory: Memory | EnsembleMemory,
     columns: _Columns,
     at_limit: torch.Tensor,
-) -> tuple[torch.Tensor, DecoderState]:
+) -> tuple[torch.Tensor, DecoderState | EnsembleState]:
     """Log-probabilities (N, C) of the next token under search's rules, and the new state.
 
     PAD and BOS are never chosen; rows `at_limit` (N,) may only end. torch's fused log_softmax
@@ -103,7 +104,7 @@ def _next_log_probs(
 
 @torch.inference_mode()
 def greedy(
-    model: Seq2Seq,
+    model: Seq2Seq | Ensemble,
     batch: Batch,
     *,
     max_length_ratio: float = 2.0,
@@ -152,7 +153,7 @@ def greedy(
 
 @torch.inference_mode()
 def beam_search(
-    model: Seq2Seq,
+    model: Seq2Seq | Ensemble,
     batch: Batch,
     *,
     beam_size: int = 5,

@@ -142,6 +142,20 @@ class Tokenizer:
             raise CheckpointError("checkpoint holds no SentencePiece model")
         return cls(source, state.get("target"))
 
+    @classmethod
+    def load(cls, directory: str | Path) -> Tokenizer:
+        """The tokenizer `save` wrote into `directory`."""
+        directory = Path(directory)
+        if (directory / "spm.model").exists():
+            return cls((directory / "spm.model").read_bytes())
+        try:
+            return cls(
+                (directory / "spm.source.model").read_bytes(),
+                (directory / "spm.target.model").read_bytes(),
+            )
+        except FileNotFoundError:
+            raise CheckpointError(f"no SentencePiece model in {directory}") from None
+
     def save(self, directory: str | Path) -> list[Path]:
         """Write the .model files, for use with other SentencePiece tools."""
         directory = Path(directory)

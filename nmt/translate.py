@@ -14,6 +14,7 @@ from itertools import islice
 import torch
 
 from nmt.batching import make_batch
+from nmt.ensemble import Ensemble
 from nmt.model import OutputSubset, Seq2Seq
 from nmt.search import Hypothesis, beam_search, greedy
 from nmt.shortlist import Shortlist
@@ -61,7 +62,7 @@ class Translation:
 class Translator:
     def __init__(
         self,
-        model: Seq2Seq,
+        model: Seq2Seq | Ensemble,
         tokenizer: Tokenizer,
         device: torch.device,
         settings: SearchSettings,

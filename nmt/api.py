@@ -118,6 +118,8 @@ def train(
     if rec.train.ensemble > 1:
         if init_from is not None:
             raise NmtError("--init-from does not apply to a recipe with train.ensemble > 1")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(_yaml(rec), encoding="utf-8")
         members = ensemble_training.train_members(
             rec,
             run_dir,
@@ -127,7 +129,6 @@ def train(
             overwrite=overwrite,
             threads=threads,
         )
-        (run_dir / "recipe.yaml").write_text(_yaml(rec), encoding="utf-8")
         return min(members, key=lambda p: (p.finished, p.step))
     set_threads(threads)
     limit_primitive_cache()
@@ -362,6 +363,10 @@ def average(run_dir: str | Path, last: int, output: str | Path) -> Path:
     """Average the weights of a run's last N step checkpoints into one model file."""
     run = Path(run_dir)
     paths = ckpt.step_checkpoints(run)
+    if not paths and ensemble_training.expand_run_dir(run) != [run]:
+        raise CheckpointError(
+            f"{run} holds an ensemble: average each of its member-K directories on its own"
+        )
     if not paths:
         raise CheckpointError(f"no step checkpoints in {run}")
     if last < 1:

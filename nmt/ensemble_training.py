@@ -22,7 +22,7 @@ import os
 import queue
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from nmt.data import load_splits
 from nmt.errors import NmtError, TrainingError
 from nmt.recipe import Recipe
 from nmt.tokenizer import Tokenizer
-from nmt.train import Progress
+from nmt.train import Progress, Trainer
 
 log = logging.getLogger("nmt")
 
@@ -91,6 +91,18 @@ def shared_tokenizer(rec: Recipe, run_dir: Path, data_dir: str | Path | None) ->
     return tokenizer
 
 
+def _stop_if_orphaned(parent: int) -> Callable[[Trainer], None]:
+    """A step hook: when the parent process is gone (killed outright, so it passed no signal
+    on), stop as a signal would, with a checkpoint, instead of training on unwatched."""
+
+    def check(trainer: Trainer) -> None:
+        if os.getppid() != parent and not trainer.stop_request:
+            trainer.stop_request.signal_name = "the parent process's exit"
+            log.warning("the parent process is gone: stopping after this step")
+
+    return check
+
+
 def _member_main(
     index: int,
     recipe: dict[str, Any],
@@ -99,6 +111,7 @@ def _member_main(
     options: dict[str, Any],
     log_level: int,
     results: Any,
+    parent: int,
 ) -> None:
     """A member process: train one run, report (index, progress or error) on `results`."""
     os.setpgrp()  # terminal signals reach the parent only; it passes them on
@@ -117,6 +130,7 @@ def _member_main(
             run_dir,
             tokenizer=Tokenizer.from_state_dict(tokenizer),
             progress_bar=False,
+            trainer_hook=_stop_if_orphaned(parent),
             **options,
         )
         results.put((index, dataclasses.asdict(progress), None))
@@ -191,6 +205,7 @@ def train_members(
                 options,
                 log.getEffectiveLevel(),
                 results,
+                os.getpid(),
             ),
             name=f"member-{k + 1}",
         )

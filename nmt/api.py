@@ -16,6 +16,7 @@ from nmt import checkpoint as ckpt
 from nmt import ensemble_training
 from nmt import recipe as recipe_mod
 from nmt import shortlist as shortlist_mod
+from nmt import tokenizer as tokenizer_mod
 from nmt.data import load_splits
 from nmt.ensemble import Ensemble
 from nmt.errors import CheckpointError, NmtError, TrainingError
@@ -45,9 +46,7 @@ RUN_FILES = (
     "metrics.jsonl",
     "train.log",
     "recipe.yaml",
-    "spm.model",
-    "spm.source.model",
-    "spm.target.model",
+    *tokenizer_mod.MODEL_FILES,
 )
 
 

@@ -71,7 +71,5 @@ class Ensemble(nn.Module):
             logits, new_state = model.decode_step_logits(tokens, member_state, member_memory)
             log_probs.append(torch.log_softmax(logits, dim=-1))
             states.append(new_state)
-        if len(log_probs) == 1:
-            return log_probs[0], EnsembleState(states)
         mixed = torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(log_probs))  # (B, V)
         return mixed, EnsembleState(states)

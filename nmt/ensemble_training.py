@@ -33,8 +33,8 @@ from nmt import recipe as recipe_mod
 from nmt.data import load_splits
 from nmt.errors import NmtError, TrainingError
 from nmt.recipe import Recipe
-from nmt.tokenizer import Tokenizer
-from nmt.train import Progress, Trainer
+from nmt.tokenizer import MODEL_FILES, Tokenizer
+from nmt.train import Progress, Trainer, handling_stop_signals
 
 log = logging.getLogger("nmt")
 
@@ -75,7 +75,7 @@ def member_threads(threads: int | None, count: int) -> int:
 
 def shared_tokenizer(rec: Recipe, run_dir: Path, data_dir: str | Path | None) -> Tokenizer:
     """The tokenizer in `run_dir`, trained there (with the recipe's seed) on the first call."""
-    if any((run_dir / name).exists() for name in ("spm.model", "spm.source.model")):
+    if Tokenizer.saved_in(run_dir):
         return Tokenizer.load(run_dir)
     text = load_splits(rec.data, [rec.data.train_split], data_dir)[rec.data.train_split]
     log.info(
@@ -154,12 +154,8 @@ def _forwarding_signals(processes: list[Any], forwarded: list[int]) -> Iterator[
         for process in alive:
             os.kill(process.pid, signum)  # type: ignore[arg-type]
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling_stop_signals(forward):
         yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def train_members(
@@ -175,7 +171,7 @@ def train_members(
     """Train every member of `rec` at once; their Progress, in member order."""
     count = rec.train.ensemble
     if overwrite:
-        for name in ("spm.model", "spm.source.model", "spm.target.model"):
+        for name in MODEL_FILES:
             (run_dir / name).unlink(missing_ok=True)
     tokenizer = shared_tokenizer(rec, run_dir, data_dir)
     per_member = member_threads(threads, count)

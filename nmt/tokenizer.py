@@ -76,6 +76,11 @@ def _load_processor(model: bytes, what: str) -> spm.SentencePieceProcessor:
     return processor
 
 
+# The files `Tokenizer.save` writes: one joint model, or one per side.
+JOINT_FILE, SOURCE_FILE, TARGET_FILE = "spm.model", "spm.source.model", "spm.target.model"
+MODEL_FILES = (JOINT_FILE, SOURCE_FILE, TARGET_FILE)
+
+
 class Tokenizer:
     """Encode source text to ids and decode target ids to text."""
 
@@ -142,16 +147,20 @@ class Tokenizer:
             raise CheckpointError("checkpoint holds no SentencePiece model")
         return cls(source, state.get("target"))
 
+    @staticmethod
+    def saved_in(directory: str | Path) -> bool:
+        """Whether `save` wrote a tokenizer into `directory`."""
+        return any((Path(directory) / name).exists() for name in (JOINT_FILE, SOURCE_FILE))
+
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
         """The tokenizer `save` wrote into `directory`."""
         directory = Path(directory)
-        if (directory / "spm.model").exists():
-            return cls((directory / "spm.model").read_bytes())
+        if (directory / JOINT_FILE).exists():
+            return cls((directory / JOINT_FILE).read_bytes())
         try:
             return cls(
-                (directory / "spm.source.model").read_bytes(),
-                (directory / "spm.target.model").read_bytes(),
+                (directory / SOURCE_FILE).read_bytes(), (directory / TARGET_FILE).read_bytes()
             )
         except FileNotFoundError:
             raise CheckpointError(f"no SentencePiece model in {directory}") from None
@@ -161,12 +170,12 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.joint:
-            paths = {directory / "spm.model": self.source_model}
+            paths = {directory / JOINT_FILE: self.source_model}
         else:
             assert self.target_model is not None
             paths = {
-                directory / "spm.source.model": self.source_model,
-                directory / "spm.target.model": self.target_model,
+                directory / SOURCE_FILE: self.source_model,
+                directory / TARGET_FILE: self.target_model,
             }
         for path, blob in paths.items():
             path.write_bytes(blob)

@@ -129,6 +129,17 @@ def prepare_data(
     )
 
 
+@contextmanager
+def handling_stop_signals(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` inside the block; the previous handlers come back."""
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 class StopRequest:
     """Set by SIGINT/SIGTERM: the loop finishes its step, writes a checkpoint and returns."""
 
@@ -150,12 +161,8 @@ class StopRequest:
             self.signal_name = signal.Signals(signum).name
             log.warning("%s: stopping after this step (again to stop at once)", self.signal_name)
 
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with handling_stop_signals(handler):
             yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
 
 
 @dataclass

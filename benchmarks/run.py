@@ -9,8 +9,8 @@ Phases run in fresh child processes so each reports its own peak RSS:
   attention, untied output over a joint vocabulary of 8000, dropout 0.3, 64 sentences a batch)
   on real, length-bucketed Multi30k batches; analytic FLOPs -> GFLOP/s and the ratio to the ceiling;
 - decode: sentences/s of greedy and beam 5 on the test split (search only, model load excluded)
-  in fp32, bf16 autocast, int8 dynamic quantization and with a lexical shortlist, with the BLEU
-  of each;
+  in fp32, bf16 autocast, int8 dynamic quantization (with nmt's written-out LSTM step and with
+  torch's quantized LSTM op) and with a lexical shortlist, with the BLEU of each;
 - whole `nmt train` and `nmt translate` processes: their peak RSS.
 Every figure is the median of --repeats runs. Timings are never asserted in tests.
 """
@@ -160,8 +160,10 @@ def phase_train(args: argparse.Namespace) -> dict:
 
 
 # fp32 is the reference; "shortlist" is fp32 scoring only `nmt shortlist`'s candidates.
+# int8 is `nmt translate --precision int8` (nmt.quantize: its decoder steps run LSTMStep);
+# int8_lstm_op, its reference, keeps torch's quantized LSTM op for the steps.
 # int8_shortlist: `nmt translate --precision int8 --shortlist`, the fastest combination
-DECODE_VARIANTS = ("fp32", "bf16", "int8", "shortlist", "int8_shortlist")
+DECODE_VARIANTS = ("fp32", "bf16", "int8", "int8_lstm_op", "shortlist", "int8_shortlist")
 
 
 def phase_decode(args: argparse.Namespace) -> dict:
@@ -170,7 +172,8 @@ def phase_decode(args: argparse.Namespace) -> dict:
     from nmt import checkpoint
     from nmt.data import load_splits
     from nmt.evaluate import score_corpus
-    from nmt.runtime import peak_rss_mb, quantize_int8, resolve_device
+    from nmt.quantize import quantize_int8
+    from nmt.runtime import peak_rss_mb, resolve_device
     from nmt.shortlist import Shortlist
     from nmt.translate import SearchSettings, Translator
 
@@ -183,7 +186,7 @@ def phase_decode(args: argparse.Namespace) -> dict:
     for variant, beam in variants:
         m = model
         if variant.startswith("int8"):
-            m = quantize_int8(model)  # what `nmt translate --precision int8` runs
+            m = quantize_int8(model, lstm_step=variant != "int8_lstm_op")
         translator = Translator(
             m,
             tokenizer,
@@ -414,11 +417,15 @@ def main() -> None:
             key = "greedy" if beam == 1 else "beam5"
             ref = decode[f"{key}_fp32_sent_s"]
             for variant in DECODE_VARIANTS:
+                rate = decode[f"{key}_{variant}_sent_s"]
+                step = ""
+                if variant == "int8":
+                    step = f", x{rate / decode[f'{key}_int8_lstm_op_sent_s']:.2f} vs int8_lstm_op"
                 rows.append(
                     (
                         f"{key} {variant} (sent/s)",
-                        f"{decode[f'{key}_{variant}_sent_s']:.0f}",
-                        f"x{decode[f'{key}_{variant}_sent_s'] / ref:.2f} vs fp32; BLEU "
+                        f"{rate:.0f}",
+                        f"x{rate / ref:.2f} vs fp32{step}; BLEU "
                         f"{decode[f'{key}_{variant}_bleu']:.2f}; peak RSS "
                         f"{decode[f'rss_{variant}_{beam}']:.0f} MB",
                     )

@@ -22,11 +22,11 @@ from nmt.ensemble import Ensemble
 from nmt.errors import CheckpointError, NmtError, TrainingError
 from nmt.evaluate import Score, score_corpus
 from nmt.model import build_model
+from nmt.quantize import quantize_int8
 from nmt.recipe import DecodeConfig, Recipe
 from nmt.runtime import (
     autocast_dtype,
     limit_primitive_cache,
-    quantize_int8,
     release_free_memory,
     resolve_device,
     seed_everything,

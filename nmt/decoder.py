@@ -97,6 +97,8 @@ class Decoder(nn.Module):
         # False: teacher forcing calls nn.LSTM once per step (the reference loop, kept runnable
         # for tests and benchmarks/run.py).
         self.unrolled_lstm = cell == "lstm"
+        # Set by nmt.quantize.quantize_int8: search steps run the LSTM written out for int8.
+        self.lstm_step: nn.Module | None = None
 
     def prepare_memory(self, encoded: EncoderOutput) -> Memory:
         return Memory(encoded.states, self.attention.project_keys(encoded.states), encoded.mask)
@@ -147,10 +149,13 @@ class Decoder(nn.Module):
         self, tokens: torch.Tensor, state: DecoderState, memory: Memory
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """One step for tokens (B, 1): the attentional vector (B, A), new state, weights (B, S)."""
-        x = self.embeddings(tokens)  # (B, 1, E)
-        if state.feed is not None:
-            x = torch.cat([x, state.feed.unsqueeze(1)], dim=-1)
-        outputs, hidden = self.rnn(x, state.hidden)  # (B, 1, Hd)
+        if self.lstm_step is not None:
+            outputs, hidden = self.lstm_step(tokens.squeeze(1), state.feed, state.hidden)
+        else:
+            x = self.embeddings(tokens)  # (B, 1, E)
+            if state.feed is not None:
+                x = torch.cat([x, state.feed.unsqueeze(1)], dim=-1)
+            outputs, hidden = self.rnn(x, state.hidden)  # (B, 1, Hd)
         attentional, weights = self._attend(outputs, memory)
         attentional = attentional.squeeze(1)  # (B, A)
         return (

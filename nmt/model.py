@@ -14,8 +14,8 @@ from nmt.decoder import Decoder, DecoderState, Memory
 from nmt.embeddings import Embeddings
 from nmt.encoder import Encoder
 from nmt.errors import RecipeError
+from nmt.quantize import int8_rows
 from nmt.recipe import ModelConfig
-from nmt.runtime import int8_rows
 from nmt.tokenizer import PAD_ID
 
 

@@ -7,7 +7,6 @@ import ctypes.util
 import os
 import random
 import sys
-import warnings
 from typing import Any
 
 import torch
@@ -142,32 +141,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Dynamic int8 quantization of Linear and LSTM/GRU weights, for CPU inference.
-
-    torch.ao.quantization is deprecated in favour of the separate torchao package, but still
-    ships with torch 2.13 and needs nothing more; its deprecation warnings are silenced here.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.ao.quantization.quantize_dynamic(
-            model, {torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8
-        )
-
-
-def int8_rows(layer: torch.nn.Module, ids: torch.Tensor) -> torch.nn.Module:
-    """Rows `ids` of an int8 dynamic Linear as a layer of their own: the same int8 weights and
-    scale, so its outputs equal the full layer's columns `ids`."""
-    bias = layer.bias()
-    weight = layer.weight().index_select(0, ids)  # (C, A) int8
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        rows = torch.ao.nn.quantized.dynamic.Linear(
-            weight.size(1), weight.size(0), bias_=bias is not None
-        )
-        rows.set_weight_bias(weight, None if bias is None else bias.index_select(0, ids))
-    return rows

@@ -60,7 +60,7 @@ def test_full_shortlist_changes_nothing(toy_tokenizer) -> None:
 def test_int8_model_scores_a_shortlist_in_int8(toy_tokenizer, monkeypatch) -> None:
     """An int8 model scores the shortlist's rows with an int8 layer quantized as the full output
     layer was: with every token kept it translates exactly as the int8 model without one."""
-    from nmt.runtime import quantize_int8
+    from nmt.quantize import quantize_int8
 
     model = quantize_int8(tiny_model(toy_tokenizer, seed=4))
     vocab = toy_tokenizer.target_vocab_size

@@ -1,0 +1,69 @@
+"""int8 inference: the written-out LSTM step against nn.LSTM, and what quantize_int8 returns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nmt.batching import make_batch
+from nmt.quantize import LSTMStep, quantize_int8, tanh_via_sigmoid
+from nmt.search import beam_search, greedy
+
+from .conftest import synthetic_pairs, tiny_model
+
+
+def test_tanh_via_sigmoid_is_tanh() -> None:
+    x = torch.cat([torch.linspace(-30, 30, 10_001), torch.tensor([-1e4, 0.0, 1e4])])
+    assert torch.allclose(tanh_via_sigmoid(x), torch.tanh(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("input_feeding", [False, True])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_lstm_step_is_the_decoders_lstm(toy_tokenizer, input_feeding, layers) -> None:
+    """Unquantized, the step must compute nn.LSTM's outputs and states for the same tokens,
+    to the precision of its fp16 gate table."""
+    model = tiny_model(toy_tokenizer, seed=7, input_feeding=input_feeding, decoder_layers=layers)
+    decoder = model.decoder
+    step = LSTMStep(decoder)
+    batch = make_batch(toy_tokenizer.encode_source(synthetic_pairs(6, seed=2)[0]))
+    with torch.inference_mode():
+        memory, state = model.encode(batch.src, batch.src_lengths)
+        tokens = torch.randint(4, toy_tokenizer.target_vocab_size, (batch.size,))
+        for _ in range(4):
+            x = decoder.embeddings(tokens.unsqueeze(1))
+            if state.feed is not None:
+                x = torch.cat([x, state.feed.unsqueeze(1)], dim=-1)
+            expected, (h, c) = decoder.rnn(x, state.hidden)
+            got, (h2, c2) = step(tokens, state.feed, state.hidden)
+            for a, b in ((expected, got), (h, h2), (c, c2)):
+                assert a.shape == b.shape
+                assert torch.allclose(a, b, rtol=0, atol=2e-3)
+            _, state, _ = decoder.step_attentional(tokens.unsqueeze(1), state, memory)
+            tokens = torch.randint(4, toy_tokenizer.target_vocab_size, (batch.size,))
+
+
+def test_quantize_int8_copies_and_steps_in_int8(toy_tokenizer) -> None:
+    """The model given stays fp32; the copy runs its decoder steps through an int8 LSTMStep and
+    searches like the int8 model that keeps torch's LSTM op (int8 outputs move with rounding, so
+    scores are compared, not equal)."""
+    model = tiny_model(toy_tokenizer, seed=4, decoder_layers=2)
+    fast, reference = quantize_int8(model), quantize_int8(model, lstm_step=False)
+    assert model.decoder.lstm_step is None and reference.decoder.lstm_step is None
+    assert type(model.decoder.output) is nn.Linear
+    assert isinstance(fast.decoder.lstm_step, LSTMStep)
+    kinds = {type(m).__module__ for m in fast.decoder.lstm_step.modules()}
+    assert any("quantized" in k for k in kinds) and nn.Linear not in map(type, fast.modules())
+    batch = make_batch(toy_tokenizer.encode_source(synthetic_pairs(8, seed=3)[0]))
+    for search in (greedy, lambda m, b: [h[0] for h in beam_search(m, b, beam_size=3)]):
+        a, b = search(fast, batch), search(reference, batch)
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], rel=2e-3)
+
+
+def test_quantize_int8_keeps_the_gru_op(toy_tokenizer) -> None:
+    model = tiny_model(toy_tokenizer, seed=4, cell="gru")
+    quantized = quantize_int8(model)
+    assert quantized.decoder.lstm_step is None
+    assert type(quantized.decoder.rnn).__module__.startswith("torch.ao.nn.quantized")
+    batch = make_batch(toy_tokenizer.encode_source(synthetic_pairs(4, seed=3)[0]))
+    assert len(greedy(quantized, batch)) == 4

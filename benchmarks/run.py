@@ -11,7 +11,7 @@ Phases run in fresh child processes so each reports its own peak RSS:
 - decode: sentences/s of greedy and beam 5 on the test split (search only, model load excluded)
   in fp32, bf16 autocast, int8 dynamic quantization (with nmt's written-out LSTM step and with
   torch's quantized LSTM op) and with a lexical shortlist, with the BLEU of each;
-- whole `nmt train` and `nmt translate` processes: their peak RSS.
+- whole `nmt train` and `nmt translate` (fp32 and int8) processes: their peak RSS.
 Every figure is the median of --repeats runs. Timings are never asserted in tests.
 """
 
@@ -166,6 +166,11 @@ def phase_train(args: argparse.Namespace) -> dict:
 DECODE_VARIANTS = ("fp32", "bf16", "int8", "int8_lstm_op", "shortlist", "int8_shortlist")
 
 
+def batch_size(args: argparse.Namespace, beam: int) -> int:
+    """Sentences per decoding batch: beam search holds beam x batch rows, hence its own size."""
+    return args.batch_size if beam == 1 else args.beam_batch_size or args.batch_size
+
+
 def phase_decode(args: argparse.Namespace) -> dict:
     import torch
 
@@ -191,7 +196,7 @@ def phase_decode(args: argparse.Namespace) -> dict:
             m,
             tokenizer,
             resolve_device("cpu"),
-            SearchSettings(beam_size=beam, batch_size=args.batch_size),
+            SearchSettings(beam_size=beam, batch_size=batch_size(args, beam)),
             torch.bfloat16 if variant == "bf16" else None,
             Shortlist.load(args.shortlist, tokenizer) if variant.endswith("shortlist") else None,
         )
@@ -224,6 +229,10 @@ def peak_rss_of_command(args: list[str], system_malloc: bool = False) -> float:
     return usage.ru_maxrss / 1024
 
 
+# `nmt translate` configurations whose whole-process peak RSS the table shows
+TRANSLATE_RSS = ("fp32", "int8", "int8_shortlist")
+
+
 def process_rss(args: argparse.Namespace) -> dict:
     """What users see: peak RSS of a whole `nmt train` (reference model, tokenizer training, 30
     steps, a validation and a checkpoint) and of `nmt translate` of test2016 from a file."""
@@ -238,13 +247,19 @@ def process_rss(args: argparse.Namespace) -> dict:
             source = Path(tmp) / "test.src"
             test = load_splits(DataConfig(), ["test"], args.data)["test"]
             source.write_text("".join(line + "\n" for line in test.source), encoding="utf-8")
-            for beam in (1, 5):
-                out[f"rss_translate_beam{beam}"] = peak_rss_of_command(
-                    [
-                        *("translate", str(args.model), "-i", str(source), "-o", f"{tmp}/hyp"),
-                        *("--beam-size", str(beam), "--threads", str(args.threads)),
-                    ]
-                )
+            for variant in TRANSLATE_RSS:
+                options = ["--precision", variant.removesuffix("_shortlist")]
+                if variant.endswith("shortlist"):
+                    options += ["--shortlist", str(args.shortlist)]
+                for beam in (1, 5):
+                    out[f"rss_translate_{variant}_beam{beam}"] = peak_rss_of_command(
+                        [
+                            *("translate", str(args.model), "-i", str(source), "-o", f"{tmp}/h"),
+                            *("--beam-size", str(beam), *options),
+                            *("--batch-size", str(batch_size(args, beam))),
+                            *("--threads", str(args.threads)),
+                        ]
+                    )
     return out
 
 
@@ -291,6 +306,8 @@ def child(
         "--batch-size",
         str(args.batch_size),
     ]
+    if args.beam_batch_size:
+        cmd += ["--beam-batch-size", str(args.beam_batch_size)]
     if args.data:
         cmd += ["--data", str(args.data)]
     if args.model:
@@ -361,6 +378,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128, help="decoding batch (sentences)")
     parser.add_argument(
+        "--beam-batch-size", type=int, help="decoding batch of beam search (default: --batch-size)"
+    )
+    parser.add_argument(
         "--decode-only", action="store_true", help="skip the training phases (about 8 minutes)"
     )
     parser.add_argument("--phase", choices=["ceiling", "train", "decode"], help=argparse.SUPPRESS)
@@ -390,29 +410,31 @@ def main() -> None:
         ("matmul fp32 2048^2", f"{ceiling['matmul_fp32_gflops']:.0f} GFLOP/s", ""),
         ("matmul bf16 2048^2", f"{ceiling['matmul_bf16_gflops']:.0f} GFLOP/s", ""),
     ]
-    rss = process_rss(args)
-    if not args.decode_only:
-        rows += train_rows(args, ceiling, rss)
-    for beam in (1, 5) if args.model else ():
-        rows.append(
-            (
-                f"peak RSS nmt translate, beam {beam}",
-                f"{rss[f'rss_translate_beam{beam}']:.0f} MB",
-                "test2016 from a file, fp32",
-            )
-        )
-    if args.model:
-        decode = {}
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
             args.shortlist = Path(tmp) / "shortlist.pt"
-            peak_rss_of_command(  # builds the shortlist the "shortlist" variant decodes with
+            peak_rss_of_command(  # builds the shortlist the "shortlist" variants decode with
                 ["shortlist", str(args.model), "--data", str(args.data), "-o", str(args.shortlist)]
             )
-            for variant in DECODE_VARIANTS:
-                for beam in (1, 5):
-                    extra = ["--variant", variant, "--beam", str(beam)]
-                    decode.update(child("decode", args, extra))
-                    decode[f"rss_{variant}_{beam}"] = decode.pop("peak_rss_mb")
+        rss = process_rss(args)
+        decode = {}
+        for variant in DECODE_VARIANTS if args.model else ():
+            for beam in (1, 5):
+                extra = ["--variant", variant, "--beam", str(beam)]
+                decode.update(child("decode", args, extra))
+                decode[f"rss_{variant}_{beam}"] = decode.pop("peak_rss_mb")
+        if not args.decode_only:
+            rows += train_rows(args, ceiling, rss)
+    for variant in TRANSLATE_RSS if args.model else ():
+        for beam in (1, 5):
+            rows.append(
+                (
+                    f"peak RSS nmt translate {variant}, beam {beam}",
+                    f"{rss[f'rss_translate_{variant}_beam{beam}']:.0f} MB",
+                    f"test2016 from a file, {batch_size(args, beam)} sentences a batch",
+                )
+            )
+    if args.model:
         for beam in (1, 5):
             key = "greedy" if beam == 1 else "beam5"
             ref = decode[f"{key}_fp32_sent_s"]

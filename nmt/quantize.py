@@ -96,9 +96,12 @@ class LSTMStep(nn.Module):
         self.hidden_size = lstm.hidden_size
         emb_size = decoder.embeddings.table.embedding_dim
         w_ih0 = lstm.weight_ih_l0.detach()
-        with torch.no_grad():
-            gates = F.linear(decoder.embeddings.table.weight, w_ih0[:, :emb_size], lstm.bias_ih_l0)
-        self.register_buffer("embedding_gates", gates.to(torch.float16))  # (V, 4H)
+        embeddings = decoder.embeddings.table.weight.detach()  # (V, E)
+        table = torch.empty(embeddings.size(0), w_ih0.size(0), dtype=torch.float16)  # (V, 4H)
+        for start in range(0, embeddings.size(0), 1024):  # never all (V, 4H) in fp32 at once
+            rows = embeddings[start : start + 1024]
+            table[start : start + 1024] = F.linear(rows, w_ih0[:, :emb_size], lstm.bias_ih_l0)
+        self.register_buffer("embedding_gates", table)
         # layer 0's attentional-vector columns (input feeding), then layers 1.. over h below
         self.feed = _linear(w_ih0[:, emb_size:], None) if decoder.input_feeding else None
         self.ih = nn.ModuleList(

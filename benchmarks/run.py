@@ -11,7 +11,8 @@ Phases run in fresh child processes so each reports its own peak RSS:
 - decode: sentences/s of greedy and beam 5 on the test split (search only, model load excluded)
   in fp32, bf16 autocast, int8 dynamic quantization (with nmt's written-out LSTM step and with
   torch's quantized LSTM op) and with a lexical shortlist, with the BLEU of each;
-- whole `nmt train` and `nmt translate` (fp32 and int8) processes: their peak RSS.
+- whole `nmt train` and `nmt translate` (fp32, int8, int8 with a shortlist) processes: their
+  peak RSS.
 Every figure is the median of --repeats runs. Timings are never asserted in tests.
 """
 

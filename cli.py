@@ -103,6 +103,13 @@ SetOption = Annotated[
 Threads = Annotated[
     int | None, typer.Option(help="CPU threads (default: torch's, which honours OMP_NUM_THREADS).")
 ]
+Workers = Annotated[
+    int,
+    typer.Option(
+        help="Batches decoded at once on the CPU, each on threads / workers threads: faster "
+        "(2 on 2 cores: x1.1-1.2), same output, more memory."
+    ),
+]
 Data = Annotated[
     Path | None,
     typer.Option(
@@ -199,6 +206,7 @@ def translate(
     shortlist: ShortlistFile = None,
     device: Device = "auto",
     threads: Threads = None,
+    workers: Workers = 1,
 ) -> None:
     """Translate text line by line: one output line per input line, in order."""
     _setup_logging(logging.WARNING)
@@ -207,6 +215,7 @@ def translate(
         device=device,
         precision=precision.value,
         threads=threads,
+        workers=workers,
         shortlist=shortlist,
         beam_size=beam_size,
         batch_size=batch_size,
@@ -243,6 +252,7 @@ def evaluate(
     shortlist: ShortlistFile = None,
     device: Device = "auto",
     threads: Threads = None,
+    workers: Workers = 1,
 ) -> None:
     """Translate a test set and score it with sacreBLEU (BLEU, lowercased BLEU, chrF)."""
     _setup_logging(logging.WARNING)
@@ -253,6 +263,7 @@ def evaluate(
         device=device,
         precision=precision.value,
         threads=threads,
+        workers=workers,
         shortlist=shortlist,
         beam_size=beam_size,
         batch_size=batch_size,

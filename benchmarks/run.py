@@ -179,12 +179,13 @@ def phase_decode(args: argparse.Namespace) -> dict:
     from nmt.data import load_splits
     from nmt.evaluate import score_corpus
     from nmt.quantize import quantize_int8
-    from nmt.runtime import peak_rss_mb, resolve_device
+    from nmt.runtime import peak_rss_mb, resolve_device, share_threads
     from nmt.shortlist import Shortlist
     from nmt.translate import SearchSettings, Translator
 
     recipe, tokenizer, model, _ = checkpoint.load_model(args.model)
     test = load_splits(recipe.data, ["test"], args.data)["test"]
+    share_threads(args.workers)  # as `nmt translate --workers` does
     out = {}
     variants = [(v, beam) for v in DECODE_VARIANTS for beam in (1, 5)]
     if args.variant:
@@ -200,6 +201,7 @@ def phase_decode(args: argparse.Namespace) -> dict:
             SearchSettings(beam_size=beam, batch_size=batch_size(args, beam)),
             torch.bfloat16 if variant == "bf16" else None,
             Shortlist.load(args.shortlist, tokenizer) if variant.endswith("shortlist") else None,
+            args.workers,
         )
         hyps: list[str] = []
 
@@ -258,7 +260,7 @@ def process_rss(args: argparse.Namespace) -> dict:
                             *("translate", str(args.model), "-i", str(source), "-o", f"{tmp}/h"),
                             *("--beam-size", str(beam), *options),
                             *("--batch-size", str(batch_size(args, beam))),
-                            *("--threads", str(args.threads)),
+                            *("--threads", str(args.threads), "--workers", str(args.workers)),
                         ]
                     )
     return out
@@ -309,6 +311,7 @@ def child(
     ]
     if args.beam_batch_size:
         cmd += ["--beam-batch-size", str(args.beam_batch_size)]
+    cmd += ["--workers", str(args.workers)]
     if args.data:
         cmd += ["--data", str(args.data)]
     if args.model:
@@ -380,6 +383,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="decoding batch (sentences)")
     parser.add_argument(
         "--beam-batch-size", type=int, help="decoding batch of beam search (default: --batch-size)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="batches decoded at once (`nmt translate --workers`)"
     )
     parser.add_argument(
         "--decode-only", action="store_true", help="skip the training phases (about 8 minutes)"
@@ -454,7 +460,9 @@ def main() -> None:
                     )
                 )
     width = max(len(r[0]) for r in rows)
-    print(f"threads {args.threads}, medians of {args.repeats} runs")
+    print(
+        f"threads {args.threads}, decoding workers {args.workers}, medians of {args.repeats} runs"
+    )
     print(f"{'figure':{width}s} | {'value':>16s} | notes")
     print(f"{'-' * width}-|-{'-' * 16}-|------")
     for name, value, notes in rows:

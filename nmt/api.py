@@ -31,6 +31,7 @@ from nmt.runtime import (
     resolve_device,
     seed_everything,
     set_threads,
+    share_threads,
     tune_allocator,
 )
 from nmt.shortlist import Shortlist
@@ -245,6 +246,7 @@ def load_translator(
     threads: int | None = None,
     shortlist: str | Path | None = None,
     decode: DecodeConfig | None = None,
+    workers: int = 1,
     **search_changes: object,
 ) -> tuple[Translator, Recipe]:
     """A translator for a model, decoding with its recipe's settings (or `decode`) unless
@@ -255,7 +257,10 @@ def load_translator(
     shortlist: a file from `build_shortlist`; decoding scores only its candidate tokens.
     Several model paths decode as an ensemble (`nmt.ensemble`): they must share the tokenizer,
     and the first one's recipe supplies the decoding settings and the dataset.
+    workers: batches searched at once on the CPU, each on threads / workers intra-op threads.
     """
+    if workers < 1:
+        raise NmtError(f"--workers must be at least 1, got {workers}")
     set_threads(threads)
     limit_primitive_cache()  # decoding batches shrink step by step: many shapes too
     given = [model_path] if isinstance(model_path, str | Path) else list(model_path)
@@ -281,8 +286,15 @@ def load_translator(
         if dev.type != "cpu":
             raise NmtError("--precision int8 runs on the CPU only; add --device cpu")
         members = [quantize_int8(m) for m in members]
+    if workers > 1:
+        if dev.type != "cpu":
+            raise NmtError("--workers above 1 shares out CPU threads; on a GPU use 1")
+        share_threads(workers)
     searcher = members[0] if len(members) == 1 else Ensemble(members)
-    return Translator(searcher, tokenizer, dev, settings, autocast_dtype(precision), lexical), rec
+    return (
+        Translator(searcher, tokenizer, dev, settings, autocast_dtype(precision), lexical, workers),
+        rec,
+    )
 
 
 def build_shortlist(

@@ -40,6 +40,11 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def share_threads(workers: int) -> None:
+    """Split torch's intra-op threads between `workers` threads that each run their own ops."""
+    torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 
@@ -60,6 +61,12 @@ class Translation:
 
 
 class Translator:
+    """workers > 1 searches that many batches at once, each in its own thread. On the CPU, with
+    torch's intra-op threads set to threads / workers, this beat one batch on all threads: a
+    search step's products and elementwise ops are too small to keep two cores busy (README,
+    Benchmarks). Every batch is the one a single worker would search, so the output is the same.
+    """
+
     def __init__(
         self,
         model: Seq2Seq | Ensemble,
@@ -68,6 +75,7 @@ class Translator:
         settings: SearchSettings,
         autocast_dtype: torch.dtype | None = None,
         shortlist: Shortlist | None = None,
+        workers: int = 1,
     ) -> None:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
@@ -75,6 +83,7 @@ class Translator:
         self.settings = settings
         self.autocast_dtype = autocast_dtype
         self.shortlist = shortlist
+        self.workers = workers
 
     def _search(self, ids: list[list[int]]) -> list[list[Hypothesis]]:
         s = self.settings
@@ -130,9 +139,19 @@ class Translator:
             for ids in encoded
         ]
         order = sorted(range(len(todo)), key=lambda j: len(encoded[j]), reverse=True)
-        for start in range(0, len(order), s.batch_size):
-            chunk = order[start : start + s.batch_size]
-            found = self._search([encoded[j] for j in chunk])
+        chunks = [
+            order[start : start + s.batch_size] for start in range(0, len(order), s.batch_size)
+        ]
+
+        def search(chunk: list[int]) -> list[list[Hypothesis]]:
+            return self._search([encoded[j] for j in chunk])
+
+        if self.workers > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(self.workers) as pool:
+                searched = list(pool.map(search, chunks))
+        else:
+            searched = [search(chunk) for chunk in chunks]
+        for chunk, found in zip(chunks, searched, strict=True):
             for j, hyps in zip(chunk, found, strict=True):
                 texts = self.tokenizer.decode_target([h.tokens for h in hyps])
                 results[todo[j]] = [

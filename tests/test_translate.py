@@ -122,3 +122,43 @@ def test_int8_translator_quantizes_and_keeps_lines(tmp_path, toy_tokenizer) -> N
     assert any("quantized" in k for k in kinds)
     src, _ = synthetic_pairs(9, seed=1)
     assert len(api.translate_lines(translator, [*src, ""])) == 10
+
+
+def test_workers_search_the_same_batches(tmp_path, toy_tokenizer) -> None:
+    """Two workers search batches side by side; the output is that of one worker, line for line
+    (fp32, and int8 whose dynamic scales depend on a batch's contents), and 0 is refused."""
+    import torch
+
+    from nmt import api
+    from nmt import checkpoint as ckpt
+    from nmt.errors import NmtError
+    from nmt.recipe import from_dict
+
+    sizes = {"embedding_size": 16, "encoder_hidden_size": 12, "decoder_hidden_size": 20}
+    rec = from_dict({"model": sizes})
+    model = tiny_model(toy_tokenizer, seed=2)
+    ckpt.atomic_save(ckpt.build_payload(rec, toy_tokenizer, model, 0), tmp_path / "m.pt")
+    src, _ = synthetic_pairs(23, seed=4)
+    lines = [*src[:11], "", *src[11:]]
+    threads = torch.get_num_threads()
+    try:
+        for precision in ("fp32", "int8"):
+            out = {}
+            for workers in (1, 2):
+                translator, _ = api.load_translator(
+                    tmp_path / "m.pt",
+                    device="cpu",
+                    precision=precision,
+                    threads=2,
+                    workers=workers,
+                    beam_size=2,
+                    batch_size=3,
+                    max_length=8,
+                )
+                assert translator.workers == workers
+                out[workers] = api.translate_lines(translator, lines)
+            assert out[1] == out[2] and len(out[2]) == len(lines) and out[2][11] == ""
+        with pytest.raises(NmtError, match="--workers"):
+            api.load_translator(tmp_path / "m.pt", device="cpu", workers=0)
+    finally:
+        torch.set_num_threads(threads)

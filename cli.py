@@ -106,8 +106,8 @@ Threads = Annotated[
 Workers = Annotated[
     int,
     typer.Option(
-        help="Batches decoded at once on the CPU, each on threads / workers threads: faster "
-        "(2 on 2 cores: x1.1-1.2), same output, more memory."
+        help="Batches decoded at once on the CPU, each on threads / workers threads: the same "
+        "output, faster with int8 (README, Benchmarks), more memory."
     ),
 ]
 Data = Annotated[

@@ -62,9 +62,10 @@ class Translation:
 
 class Translator:
     """workers > 1 searches that many batches at once, each in its own thread. On the CPU, with
-    torch's intra-op threads set to threads / workers, this beat one batch on all threads: a
-    search step's products and elementwise ops are too small to keep two cores busy (README,
-    Benchmarks). Every batch is the one a single worker would search, so the output is the same.
+    torch's intra-op threads set to threads / workers, int8 search ran faster than one batch on
+    all threads: a step's products and elementwise ops are too small to keep two cores busy
+    (README, Benchmarks). Every batch is the one a single worker would search, so the output is
+    the same.
     """
 
     def __init__(

@@ -27,6 +27,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nmt.batching import Batch
+    from nmt.model import Seq2Seq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -98,40 +103,54 @@ def malloc_env(system_malloc: bool) -> dict[str, str]:
     return {**os.environ, "NMT_SYSTEM_MALLOC": "1" if system_malloc else "0"}
 
 
+def reference_batches(data: Path) -> list[Batch]:
+    """The training phases' batches, length-bucketed like training (nmt.batching): a joint 8k
+    SentencePiece model of 20,000 Multi30k pairs, then 64 pairs of similar length taken from 12
+    points spread over the length distribution."""
+    from nmt.batching import make_batch
+    from nmt.data import load_splits
+    from nmt.recipe import DataConfig, TokenizerConfig
+    from nmt.tokenizer import Tokenizer
+
+    text = load_splits(DataConfig(max_train_examples=20000), ["train"], data)["train"]
+    tokenizer = Tokenizer.train(text.source, text.target, TokenizerConfig(vocab_size=8000), 0)
+    src, tgt = tokenizer.encode_source(text.source), tokenizer.encode_target(text.target)
+    order = sorted(range(len(src)), key=lambda i: (len(src[i]), len(tgt[i])))
+    starts = [k * (len(order) - 64) // 11 for k in range(12)]
+    return [
+        make_batch([src[i] for i in order[j : j + 64]], [tgt[i] for i in order[j : j + 64]])
+        for j in starts
+    ]
+
+
+def reference_model(**fields: object) -> Seq2Seq:
+    """The performance issue's reference model (ModelConfig's defaults, untied, over an 8k
+    vocabulary) with `fields` changed, seeded with 0, in training mode."""
+    import torch
+
+    from nmt.model import build_model
+    from nmt.recipe import ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(tie_output=False, tie_embeddings=False, **fields)  # type: ignore[arg-type]
+    return build_model(config, 8000, 8000).train()
+
+
 def phase_train(args: argparse.Namespace) -> dict:
     import torch
 
-    from nmt.batching import make_batch
-    from nmt.data import load_splits
-    from nmt.model import build_model
-    from nmt.recipe import DataConfig, ModelConfig, TokenizerConfig
     from nmt.runtime import peak_rss_mb
-    from nmt.tokenizer import Tokenizer
     from nmt.train import batch_loss
 
-    text = load_splits(DataConfig(max_train_examples=20000), ["train"], args.data)["train"]
-    tokenizer = Tokenizer.train(text.source, text.target, TokenizerConfig(vocab_size=8000), 0)
-    src, tgt = tokenizer.encode_source(text.source), tokenizer.encode_target(text.target)
+    batches = reference_batches(args.data)
     out = {}
     variants = TRAIN_VARIANTS
     if args.variant == "system_malloc":
         variants = SYSTEM_MALLOC_VARIANTS
     for label, changes, precision in variants:
-        fields = {k: v for k, v in changes.items() if k not in NOT_MODEL_FIELDS}
-        config = ModelConfig(tie_output=False, tie_embeddings=False, **fields)
-        torch.manual_seed(0)
-        model = build_model(config, 8000, 8000).train()
+        model = reference_model(**{k: v for k, v in changes.items() if k not in NOT_MODEL_FIELDS})
         model.decoder.unrolled_lstm = changes.get("unrolled_lstm", True)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        # Length-bucketed like training (nmt.batching): 64 pairs of similar length, taken from
-        # 12 points spread over the length distribution.
-        order = sorted(range(len(src)), key=lambda i: (len(src[i]), len(tgt[i])))
-        starts = [k * (len(order) - 64) // 11 for k in range(12)]
-        batches = [
-            make_batch([src[i] for i in order[j : j + 64]], [tgt[i] for i in order[j : j + 64]])
-            for j in starts
-        ]
-
         chunk_elements = changes.get("loss_chunk_elements", 0)
 
         def step(
@@ -150,7 +169,7 @@ def phase_train(args: argparse.Namespace) -> dict:
             seconds = median_time(lambda b=b: step(b), 1)
             rates.append(b.n_target_tokens / seconds)
             flops.append(
-                reference_flops_per_step(b, 256, 256, 512, 512, 8000, config.input_feeding)
+                reference_flops_per_step(b, 256, 256, 512, 512, 8000, model.decoder.input_feeding)
                 / seconds
                 / 1e9
             )

@@ -55,35 +55,19 @@ def main() -> None:
 
     import torch
     import torch.nn.functional as F
+    from run import reference_batches, reference_model  # benchmarks/run.py, this script's folder
 
-    from nmt.batching import make_batch
-    from nmt.data import load_splits
-    from nmt.model import build_model
-    from nmt.recipe import DataConfig, ModelConfig, TokenizerConfig
     from nmt.runtime import limit_primitive_cache, set_threads, tune_allocator
-    from nmt.tokenizer import Tokenizer
     from nmt.train import batch_loss
 
     set_threads(args.threads)
     limit_primitive_cache()
     tune_allocator()
-    text = load_splits(DataConfig(max_train_examples=20000), ["train"], args.data)["train"]
-    tokenizer = Tokenizer.train(text.source, text.target, TokenizerConfig(vocab_size=8000), 0)
-    src, tgt = tokenizer.encode_source(text.source), tokenizer.encode_target(text.target)
-    order = sorted(range(len(src)), key=lambda i: (len(src[i]), len(tgt[i])))
-    starts = [k * (len(order) - 64) // 11 for k in range(12)]
-    batches = [
-        make_batch([src[i] for i in order[j : j + 64]], [tgt[i] for i in order[j : j + 64]])
-        for j in starts
-    ]
+    batches = reference_batches(args.data)
     torch_dropout = F.dropout
 
     def trainer(levers: bool) -> Callable[[Batch], None]:
-        config = ModelConfig(
-            tie_output=False, tie_embeddings=False, encoder_layers=1, input_feeding=True
-        )
-        torch.manual_seed(0)
-        model = build_model(config, 8000, 8000).train()
+        model = reference_model()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=levers or None)
 
         def step(batch: Batch) -> None:

@@ -7,6 +7,7 @@ import atexit
 import os
 import random
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,6 +30,19 @@ from nmt.tokenizer import Tokenizer  # noqa: E402
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_training_command(command: str, recipe: Path, data: Path, out: Path) -> list[str]:
+    """argv of `cli.py COMMAND RECIPE` (train or reproduce) as a user runs it in a child process."""
+    return [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        command,
+        str(recipe),
+        *("--data", str(data), "--out", str(out), "--no-progress"),
+    ]
+
+
 MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
 requires_multi30k = pytest.mark.skipif(
     not (MULTI30K / "train.jsonl").exists(),

@@ -25,7 +25,7 @@ from nmt.recipe import from_dict
 from nmt.search import beam_search, greedy, max_output_lengths
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
-from .conftest import ROOT, synthetic_pairs, tiny_model, toy_recipe
+from .conftest import ROOT, cli_training_command, synthetic_pairs, tiny_model, toy_recipe
 
 runner = CliRunner()
 
@@ -192,17 +192,7 @@ def test_signals_stop_every_member_at_a_checkpoint_and_resume_continues(
     )
     recipe.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    command = [
-        sys.executable,
-        str(ROOT / "cli.py"),
-        "train",
-        str(recipe),
-        "--data",
-        str(toy_dataset),
-        "--out",
-        str(tmp_path / "run"),
-        "--no-progress",
-    ]
+    command = cli_training_command("train", recipe, toy_dataset, tmp_path / "run")
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     assert proc.stderr is not None
     started: set[str] = set()

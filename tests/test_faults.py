@@ -15,7 +15,7 @@ import yaml
 
 from nmt import checkpoint as ckpt
 
-from .conftest import ROOT, synthetic_pairs, toy_recipe
+from .conftest import ROOT, cli_training_command, synthetic_pairs, toy_recipe
 
 RUNNER = Path(__file__).with_name("fault_runner.py")
 ENV = {
@@ -112,17 +112,7 @@ def test_sigterm_writes_a_checkpoint_and_stops(tmp_path, toy_dataset, command) -
         )
     )
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "cli.py"),
-            command,
-            str(recipe),
-            "--data",
-            str(toy_dataset),
-            "--out",
-            str(tmp_path / "run"),
-            "--no-progress",
-        ],
+        cli_training_command(command, recipe, toy_dataset, tmp_path / "run"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,0 +1,68 @@
+"""Single CPU kernels that decide two of nmt's choices, timed in isolation: one table.
+
+    python benchmarks/kernels.py --threads 2
+
+- tanh against sigmoid and nmt.quantize.tanh_via_sigmoid on a (128, 512) tensor: why the int8
+  decoder step computes tanh from a sigmoid;
+- a dropout mask from `bernoulli_` (what torch's dropout draws) against one cut from 64-bit random
+  words (benchmarks/train_levers.py) on a (64, 20, 512) tensor, and applying a mask.
+Medians of 5 timings of N calls each, with nmt's allocator tuning (as `nmt train` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def median_us(fn: Callable[[], object], calls: int) -> float:
+    for _ in range(10):
+        fn()  # warm-up
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        timings.append((time.perf_counter() - start) / calls)
+    return statistics.median(timings) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+    from train_levers import word_dropout_mask
+
+    from nmt.quantize import tanh_via_sigmoid
+    from nmt.runtime import set_threads, tune_allocator
+
+    set_threads(args.threads)
+    tune_allocator()
+    step = torch.randn(128, 512)
+    states = torch.randn(64, 20, 512)
+    mask = torch.rand_like(states) < 0.7
+    rows = [
+        ("torch.tanh, (128, 512)", lambda: torch.tanh(step), 2000),
+        ("torch.sigmoid, (128, 512)", lambda: torch.sigmoid(step), 2000),
+        ("tanh_via_sigmoid, (128, 512)", lambda: tanh_via_sigmoid(step), 2000),
+        ("bernoulli_ mask, (64, 20, 512)", lambda: torch.empty_like(states).bernoulli_(0.7), 100),
+        ("mask from random words, (64, 20, 512)", lambda: word_dropout_mask(states, 0.3), 100),
+        ("apply a mask: x * mask * scale", lambda: states * mask * (1 / 0.7), 100),
+    ]
+    print(f"threads {args.threads}, medians of 5 timings")
+    print("| kernel | us per call |\n| --- | --- |")
+    for name, fn, calls in rows:
+        print(f"| {name} | {median_us(fn, calls):,.1f} |")
+
+
+if __name__ == "__main__":
+    main()

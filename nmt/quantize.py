@@ -10,9 +10,9 @@ torch's quantized LSTM op in search steps by `LSTMStep`, the same maths with two
 - tanh is computed as 2 sigmoid(2x) - 1: on the CPU, torch 2.13's tanh (Sleef, 1 ulp) measured
   5x slower than its sigmoid on a (128, 512) tensor, 94 against 19 us (benchmarks/kernels.py).
 
-Against the LSTM op they measured x1.07-1.09 for greedy and x1.10-1.27 for beam-5 decoding of
-test2016 in two benchmark runs, and level in two others: this machine's noise is as large as the
-gain (README, Benchmarks).
+Against the LSTM op they measured x1.07-1.13 for greedy and x1.10-1.27 for beam-5 decoding of
+test2016 in three benchmark runs, level in two others, and no gain with two decoding workers
+of one thread each (README, Benchmarks).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
 - tanh against sigmoid and nmt.quantize.tanh_via_sigmoid on a (128, 512) tensor: why the int8
   decoder step computes tanh from a sigmoid;
 - a dropout mask from `bernoulli_` (what torch's dropout draws) against one cut from 64-bit random
-  words (benchmarks/train_levers.py) on a (64, 20, 512) tensor, and applying a mask.
+  words (nmt.input_feeding.dropout_mask, the input-feeding decoder's) on a (64, 20, 512) tensor,
+  and applying a mask.
 Medians of 5 timings of N calls each, with nmt's allocator tuning (as `nmt train` runs).
 """
 
@@ -40,8 +41,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from train_levers import word_dropout_mask
 
+    from nmt.input_feeding import dropout_mask
     from nmt.quantize import tanh_via_sigmoid
     from nmt.runtime import set_threads, tune_allocator
 
@@ -49,13 +50,17 @@ def main() -> None:
     tune_allocator()
     step = torch.randn(128, 512)
     states = torch.randn(64, 20, 512)
+    half = states.bfloat16()
+    shape = tuple(states.shape)
     mask = torch.rand_like(states) < 0.7
     rows = [
         ("torch.tanh, (128, 512)", lambda: torch.tanh(step), 2000),
         ("torch.sigmoid, (128, 512)", lambda: torch.sigmoid(step), 2000),
         ("tanh_via_sigmoid, (128, 512)", lambda: tanh_via_sigmoid(step), 2000),
         ("bernoulli_ mask, (64, 20, 512)", lambda: torch.empty_like(states).bernoulli_(0.7), 100),
-        ("mask from random words, (64, 20, 512)", lambda: word_dropout_mask(states, 0.3), 100),
+        ("bernoulli_ mask, bf16", lambda: torch.empty_like(half).bernoulli_(0.7), 100),
+        ("dropout_mask from random words", lambda: dropout_mask(shape, 0.3, states), 100),
+        ("dropout_mask from random words, bf16", lambda: dropout_mask(shape, 0.3, half), 100),
         ("apply a mask: x * mask * scale", lambda: states * mask * (1 / 0.7), 100),
     ]
     print(f"threads {args.threads}, medians of 5 timings")

@@ -8,6 +8,8 @@ Phases run in fresh child processes so each reports its own peak RSS:
   reference model (emb 256, biLSTM 2x256, LSTM decoder 512 with input feeding, Luong general
   attention, untied output over a joint vocabulary of 8000, dropout 0.3, 64 sentences a batch)
   on real, length-bucketed Multi30k batches; analytic FLOPs -> GFLOP/s and the ratio to the ceiling;
+  the input-feeding decoder with its hand-written backward (nmt.input_feeding) and through
+  autograd (its reference);
 - decode: sentences/s of greedy and beam 5 on the test split (search only, model load excluded)
   in fp32, bf16 autocast, int8 dynamic quantization (with nmt's written-out LSTM step and with
   torch's quantized LSTM op) and with a lexical shortlist, with the BLEU of each;
@@ -80,12 +82,15 @@ def reference_flops_per_step(
 
 # train.loss_chunk_elements of the chunked-loss variants: 8 MB of fp32 logits per chunk
 LOSS_CHUNK = 2**21
-# (label, ModelConfig changes (+ unrolled_lstm, loss_chunk_elements), precision); the first is
-# the reference model.
+# (label, ModelConfig changes (+ unrolled_lstm, manual_backward, loss_chunk_elements),
+# precision); the first is the reference model. The *_autograd_loop variants run the input-feeding
+# decoder's written-out loop through autograd, the reference of nmt.input_feeding's backward.
 TRAIN_VARIANTS = (
     ("train_fp32", {}, "fp32"),
+    ("train_fp32_autograd_loop", {"manual_backward": False}, "fp32"),
     ("train_fp32_nn_lstm_per_step", {"unrolled_lstm": False}, "fp32"),
     ("train_bf16", {}, "bf16"),
+    ("train_bf16_autograd_loop", {"manual_backward": False}, "bf16"),
     ("train_fp32_no_input_feeding", {"input_feeding": False}, "fp32"),
     ("train_fp32_chunked_loss", {"loss_chunk_elements": LOSS_CHUNK}, "fp32"),
 )
@@ -95,7 +100,7 @@ SYSTEM_MALLOC_VARIANTS = (
     ("train_fp32_system_malloc", {}, "fp32"),
     ("train_fp32_chunked_loss_system_malloc", {"loss_chunk_elements": LOSS_CHUNK}, "fp32"),
 )
-NOT_MODEL_FIELDS = ("unrolled_lstm", "loss_chunk_elements")
+NOT_MODEL_FIELDS = ("unrolled_lstm", "manual_backward", "loss_chunk_elements")
 
 
 def malloc_env(system_malloc: bool) -> dict[str, str]:
@@ -150,6 +155,7 @@ def phase_train(args: argparse.Namespace) -> dict:
     for label, changes, precision in variants:
         model = reference_model(**{k: v for k, v in changes.items() if k not in NOT_MODEL_FIELDS})
         model.decoder.unrolled_lstm = changes.get("unrolled_lstm", True)
+        model.decoder.manual_backward = changes.get("manual_backward", True)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         chunk_elements = changes.get("loss_chunk_elements", 0)
 
@@ -354,11 +360,14 @@ def train_rows(args: argparse.Namespace, ceiling: dict, rss: dict) -> list[tuple
     base = train["train_fp32_tok_s"]
     for label, _, ceil in (*TRAIN_VARIANTS, *SYSTEM_MALLOC_VARIANTS):
         ratio = train[f"{label}_gflops"] / ceiling[f"matmul_{ceil}_gflops"]
+        rate = train[f"{label}_tok_s"]
+        loop = f"{label}_autograd_loop_tok_s"
+        versus = f", x{rate / train[loop]:.2f} vs autograd loop" if loop in train else ""
         rows.append(
             (
                 f"{label} (tok/s)",
-                f"{train[f'{label}_tok_s']:.0f}",
-                f"x{train[f'{label}_tok_s'] / base:.2f} vs fp32; {train[f'{label}_gflops']:.0f} "
+                f"{rate:.0f}",
+                f"x{rate / base:.2f} vs fp32{versus}; {train[f'{label}_gflops']:.0f} "
                 f"GFLOP/s = {ratio:.2f} of {ceil} ceiling",
             )
         )

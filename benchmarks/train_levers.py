@@ -6,7 +6,8 @@ One process builds the performance issue's reference model twice (the same seed)
 passes over the 12 length-bucketed batches of benchmarks/run.py's train phase, in bf16 autocast:
 - default: nmt's training step as it is (torch's dropout, torch.optim.Adam);
 - levers: dropout masks cut from 64-bit random words (four 16-bit draws per word, compared
-  with p x 65,536) instead of `bernoulli_`, and `torch.optim.Adam(fused=True)`.
+  with p x 65,536; nmt.input_feeding.dropout_mask) instead of `bernoulli_` in torch's dropout
+  (embeddings, encoder), and `torch.optim.Adam(fused=True)`.
 Both levers change the random numbers or the rounding of a run, so adopting them would move every
 recipe's trajectory (README, Benchmarks: "Dropout masks"). Prints tok/s per pass, the medians and
 the median ratio. Timings are never asserted in tests.
@@ -34,16 +35,13 @@ sys.path.insert(0, str(ROOT))
 def word_dropout_mask(
     x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False
 ) -> torch.Tensor:
-    """F.dropout with a mask from 16-bit slices of random int64 words: p is rounded to 1/65,536."""
-    import torch
+    """F.dropout with nmt.input_feeding's mask from 16-bit slices of random int64 words (p is
+    rounded to 1/65,536): what the input-feeding decoder's own dropout already uses."""
+    from nmt.input_feeding import dropout_mask
 
     if not training or p == 0:
         return x
-    n = x.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    draws = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
-    keep = draws >= round(p * 65536) - 32768
-    return x * keep.to(x.dtype).mul_(1 / (1 - p))
+    return x * dropout_mask(tuple(x.shape), p, x)
 
 
 def main() -> None:

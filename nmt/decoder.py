@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt.attention import Attention
+from nmt.attention import Attention, LuongAttention
 from nmt.embeddings import Embeddings
 from nmt.encoder import RNN_CLASSES, EncoderOutput
+from nmt.input_feeding import InputFeedingLSTM, dropout_mask
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (L, B, Hd), or (h, c) for an LSTM
 
@@ -97,6 +98,10 @@ class Decoder(nn.Module):
         # False: teacher forcing calls nn.LSTM once per step (the reference loop, kept runnable
         # for tests and benchmarks/run.py).
         self.unrolled_lstm = cell == "lstm"
+        # With Luong attention the written-out LSTM runs as one autograd Function with a
+        # hand-written backward (nmt.input_feeding). False: through autograd op by op (its
+        # reference, kept runnable for tests and benchmarks/run.py).
+        self.manual_backward = True
         # Set by nmt.quantize.quantize_int8: search steps run the LSTM written out for int8.
         self.lstm_step: nn.Module | None = None
 
@@ -194,6 +199,10 @@ class Decoder(nn.Module):
         Here the embedding part of layer 0's gates is one GEMM for all steps, and each step costs
         one GEMM per layer over [input; h]. Gate order i, f, g, o as in nn.LSTM's weights.
         """
+        assert isinstance(state.hidden, tuple) and state.feed is not None
+        device = tgt_in.device.type
+        if self.manual_backward and isinstance(self.attention, LuongAttention):
+            return self._input_feeding_function(self.embeddings(tgt_in), state, memory)
         emb_size = self.embeddings.table.embedding_dim
         weights = []  # per layer: W of [input; h] transposed (I + Hd, 4Hd), bias (4Hd,)
         for layer in range(self.num_layers):
@@ -207,18 +216,66 @@ class Decoder(nn.Module):
                 x_gates = F.linear(embedded, w_ih[:, :emb_size], bias).unbind(0)  # T x (B, 4Hd)
                 w_ih = w_ih[:, emb_size:]  # the attentional-vector columns
             weights.append((torch.cat([w_ih, w_hh], dim=1).t(), bias))
-        device = tgt_in.device.type
         if torch.is_autocast_enabled(device):
             # Autocast caches the casts of parameters only: cast these per-forward products
             # once here, not in every step's addmm (and back in every step's backward).
             dtype = torch.get_autocast_dtype(device)
             weights = [(w.to(dtype), bias.to(dtype)) for w, bias in weights]
+        return self._input_feeding_loop(x_gates, weights, state, memory)
+
+    def _input_feeding_function(
+        self, embedded: torch.Tensor, state: DecoderState, memory: Memory
+    ) -> torch.Tensor:
+        """`_lstm_input_feeding` as one InputFeedingLSTM call (nmt.input_feeding) on embedded
+        (B, T, E), in the autocast dtype under autocast. Its dropout masks are drawn here, one
+        tensor for all steps."""
+        device = embedded.device.type
+        dtype = embedded.dtype
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+        batch, steps, _ = embedded.shape
+        like = embedded.new_empty((), dtype=dtype)
+        out_masks = layer_masks = None
+        if self.training and self.dropout.p > 0:
+            out_masks = dropout_mask((steps, batch, self.attentional_size), self.dropout.p, like)
+        if self.training and self.num_layers > 1 and self.rnn.dropout > 0:
+            shape = (self.num_layers - 1, steps, batch, self.hidden_size)
+            layer_masks = dropout_mask(shape, self.rnn.dropout, like)
+        h0, c0 = state.hidden  # type: ignore[misc]
+        with torch.autocast(device, enabled=False):
+            return InputFeedingLSTM.apply(
+                dtype,
+                embedded.transpose(0, 1),
+                h0,
+                c0,
+                state.feed,
+                memory.keys,
+                memory.states,
+                memory.mask,
+                self.combine.weight,
+                out_masks,
+                layer_masks,
+                *(
+                    getattr(self.rnn, f"{name}_l{layer}")
+                    for layer in range(self.num_layers)
+                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                ),
+            )
+
+    def _input_feeding_loop(
+        self,
+        x_gates: tuple[torch.Tensor, ...],
+        weights: list[tuple[torch.Tensor, torch.Tensor]],
+        state: DecoderState,
+        memory: Memory,
+    ) -> torch.Tensor:
+        """The written-out LSTM step by step through autograd: attentional vectors (B, T, A)."""
         assert isinstance(state.hidden, tuple) and state.feed is not None
         h = list(state.hidden[0].unbind(0))  # per layer (B, Hd)
         c = list(state.hidden[1].unbind(0))
         feed = state.feed  # (B, A)
         steps = []
-        for t in range(tgt_in.size(1)):
+        for t in range(len(x_gates)):
             x = feed
             for layer, (w, bias) in enumerate(weights):
                 base = x_gates[t] if layer == 0 else bias

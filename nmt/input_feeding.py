@@ -95,7 +95,11 @@ class InputFeedingLSTM(torch.autograd.Function):
         # Per layer, [W_ih W_hh]^T (I + H, 4H) and b_ih + b_hh, in the compute dtype.
         weights = [torch.cat(lstm[k : k + 2], dim=1).t().to(dtype) for k in range(0, len(lstm), 4)]
         biases = [(lstm[k + 2] + lstm[k + 3]).to(dtype) for k in range(0, len(lstm), 4)]
-        keys, memory, w_comb = keys.to(dtype), memory.to(dtype), w_combine.to(dtype)
+        w_comb = w_combine.to(dtype)
+        # Attention runs in fp32: its (B, 1, S) products are matrix-vector products, which took
+        # half the time in fp32 that they took in bf16 here, and softmax keeps fp32's precision.
+        attention_dtype = torch.promote_types(dtype, torch.float32)
+        keys, memory = keys.to(attention_dtype), memory.to(attention_dtype)
         # Per layer, each step's [x; h_prev] (T, B, I + H): one product forms the weight
         # gradient over all steps. Layer 0's x starts with the embeddings, whose part of the
         # gates is one product for all steps.
@@ -109,7 +113,7 @@ class InputFeedingLSTM(torch.autograd.Function):
         cells = [[c.to(dtype)] for c in c0.unbind(0)]  # c from c0 on (B, H)
         tanh_cells: list[list[torch.Tensor]] = [[] for _ in weights]
         tops = inputs[0].new_empty(batch, steps, hidden)  # the top layer's h: attention queries
-        probs = inputs[0].new_empty(batch, steps, keys.size(1))
+        probs = keys.new_empty(batch, steps, keys.size(1))
         ctx_h = inputs[0].new_empty(steps, batch, w_comb.size(1))  # [ctx; h]
         attentional = inputs[0].new_empty(steps, batch, w_comb.size(0))  # a before dropout
         outputs = inputs[0].new_empty(batch, steps, w_comb.size(0))
@@ -140,7 +144,9 @@ class InputFeedingLSTM(torch.autograd.Function):
                 if layer_masks is not None and layer < num_layers - 1:
                     x = x * layer_masks[layer, t]
             tops[:, t] = x
-            scores = torch.bmm(x.unsqueeze(1), keys_t).masked_fill_(padding, float("-inf"))
+            scores = torch.bmm(x.to(keys.dtype).unsqueeze(1), keys_t).masked_fill_(
+                padding, -torch.inf
+            )
             p = torch.softmax(scores, dim=-1)  # (B, 1, S)
             probs[:, t] = p.squeeze(1)
             context = torch.bmm(p, memory).squeeze(1)  # (B, M)
@@ -170,8 +176,8 @@ class InputFeedingLSTM(torch.autograd.Function):
         d_outputs = d_outputs.to(attentional.dtype)
         new = attentional.new_empty
         d_pre = new(attentional.shape)  # (T, B, A) before the attentional tanh
-        d_context = new(batch, steps, memory_size)
-        d_scores = new(batch, steps, keys.size(1))
+        d_context = memory.new_empty(batch, steps, memory_size)  # in the attention's dtype
+        d_scores = memory.new_empty(batch, steps, keys.size(1))
         d_gates = [new(steps, batch, 4 * hidden) for _ in weights]
         memory_t = memory.transpose(1, 2)  # (B, M, S)
         d_h: list[torch.Tensor | None] = [None] * num_layers
@@ -184,12 +190,14 @@ class InputFeedingLSTM(torch.autograd.Function):
             a = attentional[t]
             torch.mul(d_a, 1 - a * a, out=d_pre[t])
             d_ctx_h = torch.mm(d_pre[t], w_comb)  # (B, M + H)
-            d_context[:, t] = d_ctx_h[:, :memory_size]
-            d_p = torch.bmm(d_ctx_h[:, :memory_size].unsqueeze(1), memory_t)  # (B, 1, S)
+            d_ctx = d_ctx_h[:, :memory_size].to(memory.dtype)
+            d_context[:, t] = d_ctx
+            d_p = torch.bmm(d_ctx.unsqueeze(1), memory_t)  # (B, 1, S)
             p = probs[:, t].unsqueeze(1)
             d_s = p * (d_p - (d_p * p).sum(-1, keepdim=True))  # softmax backward; 0 at padding
             d_scores[:, t] = d_s.squeeze(1)
-            d_below = d_ctx_h[:, memory_size:] + torch.bmm(d_s, keys).squeeze(1)  # (B, H)
+            d_query = torch.bmm(d_s, keys).squeeze(1)
+            d_below = d_ctx_h[:, memory_size:] + d_query.to(d_ctx_h.dtype)  # (B, H)
             for layer in reversed(range(num_layers)):
                 if layer < num_layers - 1 and layer_masks is not None:
                     d_below = d_below * layer_masks[layer, t]
@@ -209,7 +217,7 @@ class InputFeedingLSTM(torch.autograd.Function):
             d_feed = d_below
         # The gradients that sum over steps: one product each.
         d_w_combine = torch.mm(d_pre.flatten(0, 1).t(), ctx_h.flatten(0, 1))  # (A, M + H)
-        d_keys = torch.bmm(d_scores.transpose(1, 2), tops)  # (B, S, H)
+        d_keys = torch.bmm(d_scores.transpose(1, 2), tops.to(keys.dtype))  # (B, S, H)
         d_memory = torch.bmm(probs.transpose(1, 2), d_context)  # (B, S, M)
         d_lstm: list[torch.Tensor] = []
         for layer in range(num_layers):

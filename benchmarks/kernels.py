@@ -1,4 +1,4 @@
-"""Single CPU kernels that decide two of nmt's choices, timed in isolation: one table.
+"""Single CPU kernels that decide three of nmt's choices, timed in isolation: one table.
 
     python benchmarks/kernels.py --threads 2
 
@@ -6,7 +6,9 @@
   decoder step computes tanh from a sigmoid;
 - a dropout mask from `bernoulli_` (what torch's dropout draws) against one cut from 64-bit random
   words (nmt.input_feeding.dropout_mask, the input-feeding decoder's) on a (64, 20, 512) tensor,
-  and applying a mask.
+  and applying a mask;
+- an attention step's matrix-vector product, (64, 1, 512) x (64, 512, 25), in bf16 and fp32: why
+  nmt.input_feeding runs attention in fp32 under bf16 autocast.
 Medians of 5 timings of N calls each, with nmt's allocator tuning (as `nmt train` runs).
 """
 
@@ -53,6 +55,8 @@ def main() -> None:
     half = states.bfloat16()
     shape = tuple(states.shape)
     mask = torch.rand_like(states) < 0.7
+    query, keys = torch.randn(64, 1, 512), torch.randn(64, 25, 512).transpose(1, 2)
+    query_bf16, keys_bf16 = query.bfloat16(), keys.bfloat16()
     rows = [
         ("torch.tanh, (128, 512)", lambda: torch.tanh(step), 2000),
         ("torch.sigmoid, (128, 512)", lambda: torch.sigmoid(step), 2000),
@@ -62,6 +66,8 @@ def main() -> None:
         ("dropout_mask from random words", lambda: dropout_mask(shape, 0.3, states), 100),
         ("dropout_mask from random words, bf16", lambda: dropout_mask(shape, 0.3, half), 100),
         ("apply a mask: x * mask * scale", lambda: states * mask * (1 / 0.7), 100),
+        ("attention bmm (64, 1, 512) x (64, 512, 25), bf16", lambda: query_bf16 @ keys_bf16, 2000),
+        ("attention bmm, fp32", lambda: query @ keys, 2000),
     ]
     print(f"threads {args.threads}, medians of 5 timings")
     print("| kernel | us per call |\n| --- | --- |")

@@ -9,7 +9,7 @@ Phases run in fresh child processes so each reports its own peak RSS:
   attention, untied output over a joint vocabulary of 8000, dropout 0.3, 64 sentences a batch)
   on real, length-bucketed Multi30k batches; analytic FLOPs -> GFLOP/s and the ratio to the ceiling;
   the input-feeding decoder with its hand-written backward (nmt.input_feeding) and through
-  autograd (its reference);
+  autograd (its reference); the variants' steps interleaved batch by batch;
 - decode: sentences/s of greedy and beam 5 on the test split (search only, model load excluded)
   in fp32, bf16 autocast, int8 dynamic quantization (with nmt's written-out LSTM step and with
   torch's quantized LSTM op) and with a lexical shortlist, with the BLEU of each;
@@ -148,10 +148,10 @@ def phase_train(args: argparse.Namespace) -> dict:
     from nmt.train import batch_loss
 
     batches = reference_batches(args.data)
-    out = {}
     variants = TRAIN_VARIANTS
     if args.variant == "system_malloc":
         variants = SYSTEM_MALLOC_VARIANTS
+    steps = {}
     for label, changes, precision in variants:
         model = reference_model(**{k: v for k, v in changes.items() if k not in NOT_MODEL_FIELDS})
         model.decoder.unrolled_lstm = changes.get("unrolled_lstm", True)
@@ -170,17 +170,27 @@ def phase_train(args: argparse.Namespace) -> dict:
 
         for b in batches[:2]:
             step(b)  # warm-up
-        rates, flops = [], []
-        for b in batches[2:]:
-            seconds = median_time(lambda b=b: step(b), 1)
-            rates.append(b.n_target_tokens / seconds)
-            flops.append(
-                reference_flops_per_step(b, 256, 256, 512, 512, 8000, model.decoder.input_feeding)
+        steps[label] = step
+    # Interleaved: each batch is a step of every variant in turn (the order rotating), --repeats
+    # times over, so a ratio between variants compares steps taken seconds apart.
+    rates: dict[str, list[float]] = {label: [] for label in steps}
+    flops: dict[str, list[float]] = {label: [] for label in steps}
+    labels = list(steps)
+    for k in range(args.repeats * len(batches[2:])):
+        b = batches[2 + k % len(batches[2:])]
+        for label in labels[k % len(labels) :] + labels[: k % len(labels)]:
+            seconds = median_time(lambda b=b, label=label: steps[label](b), 1)
+            rates[label].append(b.n_target_tokens / seconds)
+            input_feeding = dict(variants[labels.index(label)][1]).get("input_feeding", True)
+            flops[label].append(
+                reference_flops_per_step(b, 256, 256, 512, 512, 8000, bool(input_feeding))
                 / seconds
                 / 1e9
             )
-        out[f"{label}_tok_s"] = statistics.median(rates)
-        out[f"{label}_gflops"] = statistics.median(flops)
+    out: dict[str, float] = {}
+    for label in steps:
+        out[f"{label}_tok_s"] = statistics.median(rates[label])
+        out[f"{label}_gflops"] = statistics.median(flops[label])
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 

@@ -29,7 +29,7 @@ def dropout_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.
 
     Each element is a 16-bit slice of a random int64 word, kept when at or above p x 65,536:
     p is rounded to 1/65,536. torch's `bernoulli_` draws each element on its own and took about
-    10 ns an element here; this takes about 3 (benchmarks/kernels.py).
+    10 ns an element here; this takes about 2 (benchmarks/kernels.py).
     """
     n = 1
     for size in shape:

@@ -5,7 +5,8 @@ a_t = tanh(W [c_t; h_t]) (the attentional vector);  p(y_t) = softmax(W_out a_t).
 Input feeding passes a_{t-1} into the next step, so the decoder must loop over time steps. Without
 it the RNN runs over the whole target at once, and attention follows for all steps in one go.
 For an LSTM the training loop writes the cell out (`_lstm_input_feeding`): the same maths as calling
-nn.LSTM once per step, about 1.6x faster forward + backward.
+nn.LSTM once per step, about 1.6x faster forward + backward; with Luong attention that loop runs as
+one autograd Function whose backward is written by hand (nmt.input_feeding), x1.1-1.15 again.
 
 The decoder owns its state: search reorders beams with `state.select(indices)` and never sees h/c.
 """

@@ -66,6 +66,8 @@ def _outputs_and_grads(model, batch, manual: bool, dtype: torch.dtype | None):
     model.zero_grad()
     with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         attentional = model.attentional(batch)
+    # the comparison means something only if the Function really ran (and the loop did not)
+    assert ("InputFeedingLSTM" in type(attentional.grad_fn).__name__) == manual
     (attentional.float() * torch.linspace(-1, 1, attentional.size(-1))).sum().backward()
     return attentional.float(), {n: p.grad.clone() for n, p in model.named_parameters()}
 

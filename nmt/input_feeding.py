@@ -92,6 +92,8 @@ class InputFeedingLSTM(torch.autograd.Function):
     ) -> torch.Tensor:
         steps, batch, emb_size = embedded.shape
         num_layers, _, hidden = h0.shape
+        # the inputs' own dtypes, for their gradients (keys and memory are cast below)
+        ctx.dtypes = [x.dtype for x in (embedded, h0, c0, feed0, keys, memory, w_combine, *lstm)]
         # Per layer, [W_ih W_hh]^T (I + H, 4H) and b_ih + b_hh, in the compute dtype.
         weights = [torch.cat(lstm[k : k + 2], dim=1).t().to(dtype) for k in range(0, len(lstm), 4)]
         biases = [(lstm[k + 2] + lstm[k + 3]).to(dtype) for k in range(0, len(lstm), 4)]
@@ -112,9 +114,9 @@ class InputFeedingLSTM(torch.autograd.Function):
         acts: list[list[torch.Tensor]] = [[] for _ in weights]  # gate activations (B, 4H)
         cells = [[c.to(dtype)] for c in c0.unbind(0)]  # c from c0 on (B, H)
         tanh_cells: list[list[torch.Tensor]] = [[] for _ in weights]
-        tops = inputs[0].new_empty(batch, steps, hidden)  # the top layer's h: attention queries
         probs = keys.new_empty(batch, steps, keys.size(1))
-        ctx_h = inputs[0].new_empty(steps, batch, w_comb.size(1))  # [ctx; h]
+        ctx_h = inputs[0].new_empty(steps, batch, w_comb.size(1))  # [ctx; h]: h, the top
+        # layer's, is also the attention's query
         attentional = inputs[0].new_empty(steps, batch, w_comb.size(0))  # a before dropout
         outputs = inputs[0].new_empty(batch, steps, w_comb.size(0))
         keys_t = keys.transpose(1, 2)  # (B, H, S)
@@ -143,7 +145,6 @@ class InputFeedingLSTM(torch.autograd.Function):
                 x = h[layer]
                 if layer_masks is not None and layer < num_layers - 1:
                     x = x * layer_masks[layer, t]
-            tops[:, t] = x
             scores = torch.bmm(x.to(keys.dtype).unsqueeze(1), keys_t).masked_fill_(
                 padding, -torch.inf
             )
@@ -156,23 +157,21 @@ class InputFeedingLSTM(torch.autograd.Function):
             feed = a if out_masks is None else a * out_masks[t]
             outputs[:, t] = feed
         ctx.save_for_backward(
-            keys, memory, w_comb, out_masks, layer_masks, tops, probs, ctx_h, attentional,
+            keys, memory, w_comb, out_masks, layer_masks, probs, ctx_h, attentional,
         )  # fmt: skip
         ctx.per_layer = (weights, inputs, acts, cells, tanh_cells)
-        ctx.dtypes = [x.dtype for x in (embedded, h0, c0, feed0, keys, memory, w_combine, *lstm)]
         ctx.emb_size = emb_size
         return outputs
 
     @staticmethod
     def backward(ctx: Any, d_outputs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        keys, memory, w_comb, out_masks, layer_masks, tops, probs, ctx_h, attentional = (
-            ctx.saved_tensors
-        )
+        keys, memory, w_comb, out_masks, layer_masks, probs, ctx_h, attentional = ctx.saved_tensors
         weights, inputs, acts, cells, tanh_cells = ctx.per_layer
         num_layers, emb_size = len(weights), ctx.emb_size
         steps, batch, _ = ctx_h.shape
-        hidden = tops.size(2)
         memory_size = memory.size(2)
+        hidden = ctx_h.size(2) - memory_size
+        queries = ctx_h[:, :, memory_size:].transpose(0, 1)  # (B, T, H), the top layer's h
         d_outputs = d_outputs.to(attentional.dtype)
         new = attentional.new_empty
         d_pre = new(attentional.shape)  # (T, B, A) before the attentional tanh
@@ -217,7 +216,7 @@ class InputFeedingLSTM(torch.autograd.Function):
             d_feed = d_below
         # The gradients that sum over steps: one product each.
         d_w_combine = torch.mm(d_pre.flatten(0, 1).t(), ctx_h.flatten(0, 1))  # (A, M + H)
-        d_keys = torch.bmm(d_scores.transpose(1, 2), tops.to(keys.dtype))  # (B, S, H)
+        d_keys = torch.bmm(d_scores.transpose(1, 2), queries.to(keys.dtype))  # (B, S, H)
         d_memory = torch.bmm(probs.transpose(1, 2), d_context)  # (B, S, M)
         d_lstm: list[torch.Tensor] = []
         for layer in range(num_layers):

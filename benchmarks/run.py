@@ -152,6 +152,7 @@ def phase_train(args: argparse.Namespace) -> dict:
     if args.variant == "system_malloc":
         variants = SYSTEM_MALLOC_VARIANTS
     steps = {}
+    input_feeding = {}  # per label, for the FLOP count
     for label, changes, precision in variants:
         model = reference_model(**{k: v for k, v in changes.items() if k not in NOT_MODEL_FIELDS})
         model.decoder.unrolled_lstm = changes.get("unrolled_lstm", True)
@@ -171,6 +172,7 @@ def phase_train(args: argparse.Namespace) -> dict:
         for b in batches[:2]:
             step(b)  # warm-up
         steps[label] = step
+        input_feeding[label] = model.decoder.input_feeding
     # Interleaved: each batch is a step of every variant in turn (the order rotating), --repeats
     # times over, so a ratio between variants compares steps taken seconds apart.
     rates: dict[str, list[float]] = {label: [] for label in steps}
@@ -181,9 +183,8 @@ def phase_train(args: argparse.Namespace) -> dict:
         for label in labels[k % len(labels) :] + labels[: k % len(labels)]:
             seconds = median_time(lambda b=b, label=label: steps[label](b), 1)
             rates[label].append(b.n_target_tokens / seconds)
-            input_feeding = dict(variants[labels.index(label)][1]).get("input_feeding", True)
             flops[label].append(
-                reference_flops_per_step(b, 256, 256, 512, 512, 8000, bool(input_feeding))
+                reference_flops_per_step(b, 256, 256, 512, 512, 8000, input_feeding[label])
                 / seconds
                 / 1e9
             )

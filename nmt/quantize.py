@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -55,11 +56,21 @@ def quantize_int8(model: nn.Module, lstm_step: bool = True) -> nn.Module:
         )
 
 
+# Unpacked (weight, bias) of the int8 layers int8_rows has cut rows from. A layer keeps its
+# weight packed for fbgemm; weight() and bias() unpack the whole of it on every call (4 ms each
+# for the 8,000 x 256 output layer), which a shortlist would otherwise pay twice per batch.
+_unpacked: weakref.WeakKeyDictionary[nn.Module, tuple[torch.Tensor, torch.Tensor | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def int8_rows(layer: nn.Module, ids: torch.Tensor) -> nn.Module:
     """Rows `ids` of an int8 dynamic Linear as a layer of their own: the same int8 weights and
     scale, so its outputs equal the full layer's columns `ids`."""
-    bias = layer.bias()
-    weight = layer.weight().index_select(0, ids)  # (C, A) int8
+    if layer not in _unpacked:
+        _unpacked[layer] = (layer.weight(), layer.bias())
+    full_weight, bias = _unpacked[layer]
+    weight = full_weight.index_select(0, ids)  # (C, A) int8
     with _quiet_dynamic_quantization():
         rows = torch.ao.nn.quantized.dynamic.Linear(
             weight.size(1), weight.size(0), bias_=bias is not None

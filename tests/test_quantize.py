@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nmt.batching import make_batch
-from nmt.quantize import LSTMStep, quantize_int8, tanh_via_sigmoid
+from nmt.quantize import LSTMStep, int8_rows, quantize_int8, tanh_via_sigmoid
 from nmt.search import beam_search, greedy
 
 from .conftest import synthetic_pairs, tiny_model
@@ -67,3 +67,24 @@ def test_quantize_int8_keeps_the_gru_op(toy_tokenizer) -> None:
     assert type(quantized.decoder.rnn).__module__.startswith("torch.ao.nn.quantized")
     batch = make_batch(toy_tokenizer.encode_source(synthetic_pairs(4, seed=3)[0]))
     assert len(greedy(quantized, batch)) == 4
+
+
+def test_int8_rows_are_the_layers_columns_and_unpack_it_once(monkeypatch) -> None:
+    """Rows cut from an int8 Linear score exactly as the full layer's columns; the packed weight
+    is unpacked on the first cut only (a shortlist cuts rows for every batch)."""
+    torch.manual_seed(0)
+    layer = quantize_int8(nn.Sequential(nn.Linear(16, 40)))[0]
+    x = torch.randn(5, 16)
+    full = layer(x)
+    unpack = layer.weight
+    calls: list[int] = []
+
+    def counted() -> torch.Tensor:
+        calls.append(1)
+        return unpack()
+
+    monkeypatch.setattr(layer, "weight", counted)
+    for ids in ([0, 5, 7], [3, 39], list(range(40))):
+        rows = int8_rows(layer, torch.tensor(ids))
+        assert torch.equal(rows(x), full[:, ids])
+    assert len(calls) == 1

@@ -44,7 +44,7 @@ def main() -> None:
 
     import torch
 
-    from nmt.input_feeding import dropout_mask
+    from nmt.dropout import dropout_mask
     from nmt.quantize import tanh_via_sigmoid
     from nmt.runtime import set_threads, tune_allocator
 

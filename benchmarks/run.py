@@ -82,15 +82,21 @@ def reference_flops_per_step(
 
 # train.loss_chunk_elements of the chunked-loss variants: 8 MB of fp32 logits per chunk
 LOSS_CHUNK = 2**21
-# (label, ModelConfig changes (+ unrolled_lstm, manual_backward, loss_chunk_elements),
-# precision); the first is the reference model. The *_autograd_loop variants run the input-feeding
-# decoder's written-out loop through autograd, the reference of nmt.input_feeding's backward.
+# (label, ModelConfig changes (+ the NOT_MODEL_FIELDS), precision); the first is the reference
+# model. The *_autograd_loop variants run the input-feeding decoder's written-out loop through
+# autograd, the reference of nmt.input_feeding's backward; the *_torch_dropout_adam variants draw
+# dropout masks with torch's bernoulli_ and step torch's default (per-tensor) Adam, as the
+# recipes' recorded runs did (train.dropout_masks: bernoulli, train.fused_adam: false), the
+# reference of the defaults (nmt.dropout's masks, fused Adam).
+TORCH_DROPOUT_ADAM = {"dropout_masks": "bernoulli", "fused_adam": False}
 TRAIN_VARIANTS = (
     ("train_fp32", {}, "fp32"),
     ("train_fp32_autograd_loop", {"manual_backward": False}, "fp32"),
+    ("train_fp32_torch_dropout_adam", TORCH_DROPOUT_ADAM, "fp32"),
     ("train_fp32_nn_lstm_per_step", {"unrolled_lstm": False}, "fp32"),
     ("train_bf16", {}, "bf16"),
     ("train_bf16_autograd_loop", {"manual_backward": False}, "bf16"),
+    ("train_bf16_torch_dropout_adam", TORCH_DROPOUT_ADAM, "bf16"),
     ("train_fp32_no_input_feeding", {"input_feeding": False}, "fp32"),
     ("train_fp32_chunked_loss", {"loss_chunk_elements": LOSS_CHUNK}, "fp32"),
 )
@@ -100,7 +106,13 @@ SYSTEM_MALLOC_VARIANTS = (
     ("train_fp32_system_malloc", {}, "fp32"),
     ("train_fp32_chunked_loss_system_malloc", {"loss_chunk_elements": LOSS_CHUNK}, "fp32"),
 )
-NOT_MODEL_FIELDS = ("unrolled_lstm", "manual_backward", "loss_chunk_elements")
+NOT_MODEL_FIELDS = (
+    "unrolled_lstm",
+    "manual_backward",
+    "loss_chunk_elements",
+    "dropout_masks",
+    "fused_adam",
+)
 
 
 def malloc_env(system_malloc: bool) -> dict[str, str]:
@@ -144,6 +156,7 @@ def reference_model(**fields: object) -> Seq2Seq:
 def phase_train(args: argparse.Namespace) -> dict:
     import torch
 
+    from nmt.dropout import use_dropout_masks
     from nmt.runtime import peak_rss_mb
     from nmt.train import batch_loss
 
@@ -157,7 +170,10 @@ def phase_train(args: argparse.Namespace) -> dict:
         model = reference_model(**{k: v for k, v in changes.items() if k not in NOT_MODEL_FIELDS})
         model.decoder.unrolled_lstm = changes.get("unrolled_lstm", True)
         model.decoder.manual_backward = changes.get("manual_backward", True)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        use_dropout_masks(model, changes.get("dropout_masks", "bits"))  # as nmt.train does
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=1e-3, fused=changes.get("fused_adam", True) or None
+        )
         chunk_elements = changes.get("loss_chunk_elements", 0)
 
         def step(
@@ -372,8 +388,13 @@ def train_rows(args: argparse.Namespace, ceiling: dict, rss: dict) -> list[tuple
     for label, _, ceil in (*TRAIN_VARIANTS, *SYSTEM_MALLOC_VARIANTS):
         ratio = train[f"{label}_gflops"] / ceiling[f"matmul_{ceil}_gflops"]
         rate = train[f"{label}_tok_s"]
-        loop = f"{label}_autograd_loop_tok_s"
-        versus = f", x{rate / train[loop]:.2f} vs autograd loop" if loop in train else ""
+        versus = ""
+        for suffix, name in (
+            ("autograd_loop", "autograd loop"),
+            ("torch_dropout_adam", "torch's dropout and Adam"),
+        ):
+            if f"{label}_{suffix}_tok_s" in train:
+                versus += f", x{rate / train[f'{label}_{suffix}_tok_s']:.2f} vs {name}"
         rows.append(
             (
                 f"{label} (tok/s)",

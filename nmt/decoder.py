@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmt.attention import Attention, LuongAttention
+from nmt.dropout import Dropout, dropout_mask
 from nmt.embeddings import Embeddings
 from nmt.encoder import RNN_CLASSES, EncoderOutput
-from nmt.input_feeding import InputFeedingLSTM, dropout_mask
+from nmt.input_feeding import InputFeedingLSTM
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (L, B, Hd), or (h, c) for an LSTM
 
@@ -94,7 +95,7 @@ class Decoder(nn.Module):
             nn.Linear(memory_size, num_layers * hidden_size) if cell == "lstm" else None
         )
         self.combine = nn.Linear(memory_size + hidden_size, attentional_size, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.output = nn.Linear(attentional_size, vocab_size, bias=False)
         # False: teacher forcing calls nn.LSTM once per step (the reference loop, kept runnable
         # for tests and benchmarks/run.py).

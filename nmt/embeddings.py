@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nmt.dropout import Dropout
 from nmt.tokenizer import PAD_ID, UNK_ID
 
 
@@ -18,7 +19,7 @@ class Embeddings(nn.Module):
     def __init__(self, vocab_size: int, size: int, dropout: float, word_dropout: float) -> None:
         super().__init__()
         self.table = nn.Embedding(vocab_size, size, padding_idx=PAD_ID)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.word_dropout = word_dropout
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

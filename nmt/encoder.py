@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nmt.dropout import Dropout
 from nmt.embeddings import Embeddings
 from nmt.tokenizer import PAD_ID
 
@@ -43,7 +44,7 @@ class Encoder(nn.Module):
             bidirectional=True,
             dropout=dropout if num_layers > 1 else 0.0,
         )
-        self.output_dropout = nn.Dropout(dropout)
+        self.output_dropout = Dropout(dropout)
 
     @property
     def output_size(self) -> int:

@@ -24,23 +24,6 @@ from typing import Any
 import torch
 
 
-def dropout_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Tensor:
-    """A dropout mask, 0 or 1 / (1 - p), in like's dtype and device.
-
-    Each element is a 16-bit slice of a random int64 word, kept when at or above p x 65,536:
-    p is rounded to 1/65,536. torch's `bernoulli_` draws each element on its own and took about
-    10 ns an element here; this takes about 2 (benchmarks/kernels.py).
-    """
-    n = 1
-    for size in shape:
-        n *= size
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device)
-    words.random_(-(2**63), 2**63 - 1)
-    draws = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
-    keep = draws >= round(p * 65536) - 32768
-    return keep.to(like.dtype).mul_(1 / (1 - p))
-
-
 def _cell_backward(
     d_h: torch.Tensor,
     d_c: torch.Tensor | None,

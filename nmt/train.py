@@ -26,6 +26,7 @@ from rich.progress import Progress as Bar
 from nmt import checkpoint as ckpt
 from nmt.batching import Batch, BucketedBatches, make_batch
 from nmt.data import ParallelText
+from nmt.dropout import use_dropout_masks
 from nmt.errors import TrainingError
 from nmt.evaluate import score_corpus
 from nmt.loss import chunked_output_loss, sequence_loss
@@ -236,10 +237,12 @@ class Trainer:
         self.progress = Progress()
         self.progress_bar = progress_bar
         self.on_step = on_step  # test hook: called after every step
+        use_dropout_masks(self.model, self.config.dropout_masks)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
             lr=self.config.learning_rate,
             weight_decay=self.config.weight_decay,
+            fused=self.config.fused_adam or None,  # None: torch's default loop
         )
         # the current epoch's token ids: data's, or a sampled segmentation (epoch_ids)
         self.source_ids, self.target_ids = data.source_ids, data.target_ids

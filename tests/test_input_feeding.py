@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nmt.batching import make_batch
-from nmt.input_feeding import InputFeedingLSTM, dropout_mask
+from nmt.input_feeding import InputFeedingLSTM
 
 from .conftest import synthetic_pairs, tiny_model
 
@@ -119,15 +119,3 @@ def test_dropout_is_applied_in_training_only(toy_tokenizer) -> None:
     assert float((trained == 0).float().mean()) > 0.1
     torch.manual_seed(0)
     torch.testing.assert_close(model.attentional(batch), trained, atol=0, rtol=0)
-
-
-@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
-def test_dropout_mask_keeps_one_minus_p_scaled(p) -> None:
-    torch.manual_seed(0)
-    mask = dropout_mask((1000, 1000), p, torch.empty((), dtype=torch.bfloat16))
-    assert mask.shape == (1000, 1000) and mask.dtype == torch.bfloat16
-    values = set(mask.unique().tolist())
-    assert values == {0.0, float(torch.tensor(1 / (1 - p), dtype=torch.bfloat16))}
-    assert abs(float((mask == 0).float().mean()) - p) < 0.003
-    # rows are not copies of one another (each element is its own 16-bit draw)
-    assert not torch.equal(mask[0], mask[1])

@@ -65,8 +65,9 @@ def test_same_seed_same_parameters(tmp_path, toy_dataset) -> None:
         {"train": {"lr_schedule": "cosine", "min_learning_rate": 1e-4}},
         {"train": {"lr_schedule": "wsd", "lr_decay_fraction": 0.5}},
         {"tokenizer": {"sampling_alpha": 0.3}, "train": {"batch_tokens": 1600}},
+        {"train": {"dropout_masks": "bernoulli", "fused_adam": False}},
     ],
-    ids=["plateau", "cosine", "wsd", "subword-sampling"],
+    ids=["plateau", "cosine", "wsd", "subword-sampling", "torch-dropout-and-adam"],
 )
 def test_interrupted_and_resumed_run_continues_the_same_trajectory(
     tmp_path, toy_dataset, changes

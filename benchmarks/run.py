@@ -392,8 +392,8 @@ def train_rows(args: argparse.Namespace, ceiling: dict, rss: dict) -> list[tuple
     """The training phases (tok/s, GFLOP/s against the ceiling) and whole-process train RSS."""
     train = child("train", args)
     reference = child("train", args, ["--variant", "system_malloc"], system_malloc=True)
+    ceiling = highest_ceiling(ceiling, train, reference)  # before update() overwrites train's
     train.update({k: v for k, v in reference.items() if k != "peak_rss_mb"})
-    ceiling = highest_ceiling(ceiling, train, reference)
     rows = [
         (
             f"matmul {name} 2048^2, highest",

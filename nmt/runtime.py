@@ -81,24 +81,25 @@ def tune_allocator() -> bool:
 # Entries of oneDNN's primitive cache (its default is 1024) and of ideep's cache of oneDNN
 # products that torch's bf16 matmuls go through (LRU_CACHE_CAPACITY, also 1024); see
 # limit_primitive_cache.
-PRIMITIVE_CACHE_CAPACITY = 16
-CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+CACHE_CAPACITIES = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": 32, "LRU_CACHE_CAPACITY": 16}
 
 
 def limit_primitive_cache() -> None:
     """Keep oneDNN's caches of compiled kernels small, unless the user sets their variables.
 
-    torch runs nn.LSTM on the CPU through oneDNN, which compiles and caches a primitive per input
-    shape. Batches of varying (sentences, length) fill its 1,024 entries with one each: peak RSS
-    of a Multi30k training grew by about 1 GB per 1,000 steps to 5.4 GB. With 16 entries it
-    stayed at 0.95 GB over 300 steps, at the same speed (README, Benchmarks). bf16 products
-    (autocast) go through ideep, torch's oneDNN wrapper, whose own per-shape cache
-    (LRU_CACHE_CAPACITY) took bf16 training to 1.6 GB in 400 steps and 1.85 GB over a whole
-    recipe; with 16 entries, 0.87 GB, flat. Both libraries read their variable when they first
-    build a primitive, so this must run before the first LSTM call or bf16 product.
+    torch runs nn.LSTM and bf16 products on the CPU through oneDNN, which compiles and caches a
+    primitive per input shape. Batches of varying (sentences, length) fill its 1,024 entries with
+    one each: peak RSS of a Multi30k training grew by about 1 GB per 1,000 steps to 5.4 GB. Too
+    few entries cost time instead: with 16, a bf16 step of the reference model on an AMX Xeon
+    compiled its products again and again (3,300 tok/s); with 32, 4,700 tok/s at 980 MB peak
+    RSS over 300 steps (README, Benchmarks). ideep, torch's oneDNN wrapper, keeps a per-shape
+    cache of its own (LRU_CACHE_CAPACITY) that took bf16 training to 1.85 GB over a whole
+    recipe; with 16 entries, 0.87 GB, flat, at the same speed. Both libraries read their
+    variable when they first build a primitive, so this must run before the first LSTM call or
+    bf16 product.
     """
-    for name in CACHE_VARIABLES:
-        os.environ.setdefault(name, str(PRIMITIVE_CACHE_CAPACITY))
+    for name, capacity in CACHE_CAPACITIES.items():
+        os.environ.setdefault(name, str(capacity))
 
 
 def release_free_memory() -> bool:

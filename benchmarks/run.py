@@ -9,7 +9,8 @@ Phases run in fresh child processes so each reports its own peak RSS:
   attention, untied output over a joint vocabulary of 8000, dropout 0.3, 64 sentences a batch)
   on real, length-bucketed Multi30k batches; analytic FLOPs -> GFLOP/s and the ratio to the ceiling;
   the input-feeding decoder with its hand-written backward (nmt.input_feeding) and through
-  autograd (its reference); the variants' steps interleaved batch by batch;
+  autograd (its reference); one process per precision (TRAIN_GROUPS), its variants' steps
+  interleaved batch by batch;
 - decode: sentences/s of greedy and beam 5 on the test split (search only, model load excluded)
   in fp32, bf16 autocast, int8 dynamic quantization (with nmt's written-out LSTM step and with
   torch's quantized LSTM op) and with a lexical shortlist, with the BLEU of each;
@@ -98,23 +99,32 @@ LOSS_CHUNK = 2**21
 # recipes' recorded runs did (train.dropout_masks: bernoulli, train.fused_adam: false), the
 # reference of the defaults (nmt.dropout's masks, fused Adam).
 TORCH_DROPOUT_ADAM = {"dropout_masks": "bernoulli", "fused_adam": False}
-TRAIN_VARIANTS = (
-    ("train_fp32", {}, "fp32"),
-    ("train_fp32_autograd_loop", {"manual_backward": False}, "fp32"),
-    ("train_fp32_torch_dropout_adam", TORCH_DROPOUT_ADAM, "fp32"),
-    ("train_fp32_nn_lstm_per_step", {"unrolled_lstm": False}, "fp32"),
-    ("train_bf16", {}, "bf16"),
-    ("train_bf16_autograd_loop", {"manual_backward": False}, "bf16"),
-    ("train_bf16_torch_dropout_adam", TORCH_DROPOUT_ADAM, "bf16"),
-    ("train_fp32_no_input_feeding", {"input_feeding": False}, "fp32"),
-    ("train_fp32_chunked_loss", {"loss_chunk_elements": LOSS_CHUNK}, "fp32"),
-)
-# Steps under glibc's default malloc, in a process of their own (the allocator setting is
-# process-wide).
-SYSTEM_MALLOC_VARIANTS = (
-    ("train_fp32_system_malloc", {}, "fp32"),
-    ("train_fp32_chunked_loss_system_malloc", {"loss_chunk_elements": LOSS_CHUNK}, "fp32"),
-)
+# Each group runs in a child process of its own, its variants' steps interleaved. oneDNN and
+# ideep keep only 32 and 16 compiled kernels (nmt.runtime.limit_primitive_cache), as in `nmt
+# train`, and a training runs one model in one precision: nine models of both precisions in one
+# process evicted each other's kernels, which no training does, and understated the bf16 steps
+# (README, Benchmarks). The system_malloc group runs under glibc's default malloc (the allocator
+# setting is process-wide).
+TRAIN_GROUPS = {
+    "fp32": (
+        ("train_fp32", {}, "fp32"),
+        ("train_fp32_autograd_loop", {"manual_backward": False}, "fp32"),
+        ("train_fp32_torch_dropout_adam", TORCH_DROPOUT_ADAM, "fp32"),
+        ("train_fp32_nn_lstm_per_step", {"unrolled_lstm": False}, "fp32"),
+        ("train_fp32_no_input_feeding", {"input_feeding": False}, "fp32"),
+        ("train_fp32_chunked_loss", {"loss_chunk_elements": LOSS_CHUNK}, "fp32"),
+    ),
+    "bf16": (
+        ("train_bf16", {}, "bf16"),
+        ("train_bf16_autograd_loop", {"manual_backward": False}, "bf16"),
+        ("train_bf16_torch_dropout_adam", TORCH_DROPOUT_ADAM, "bf16"),
+    ),
+    "system_malloc": (
+        ("train_fp32_system_malloc", {}, "fp32"),
+        ("train_fp32_chunked_loss_system_malloc", {"loss_chunk_elements": LOSS_CHUNK}, "fp32"),
+    ),
+}
+TRAIN_VARIANTS = tuple(v for group in TRAIN_GROUPS.values() for v in group)
 NOT_MODEL_FIELDS = (
     "unrolled_lstm",
     "manual_backward",
@@ -171,9 +181,7 @@ def phase_train(args: argparse.Namespace) -> dict:
 
     batches = reference_batches(args.data)
     ceiling_before = phase_ceiling(args)  # in this process too, beside the steps it is a ceiling of
-    variants = TRAIN_VARIANTS
-    if args.variant == "system_malloc":
-        variants = SYSTEM_MALLOC_VARIANTS
+    variants = TRAIN_GROUPS[args.variant or "fp32"]
     steps = {}
     input_feeding = {}  # per label, for the FLOP count
     for label, changes, precision in variants:
@@ -390,10 +398,13 @@ def child(
 
 def train_rows(args: argparse.Namespace, ceiling: dict, rss: dict) -> list[tuple[str, str, str]]:
     """The training phases (tok/s, GFLOP/s against the ceiling) and whole-process train RSS."""
-    train = child("train", args)
-    reference = child("train", args, ["--variant", "system_malloc"], system_malloc=True)
-    ceiling = highest_ceiling(ceiling, train, reference)  # before update() overwrites train's
-    train.update({k: v for k, v in reference.items() if k != "peak_rss_mb"})
+    train: dict[str, float] = {}
+    group_rss = {}
+    for group in TRAIN_GROUPS:
+        result = child("train", args, ["--variant", group], system_malloc=group == "system_malloc")
+        ceiling = highest_ceiling(ceiling, result)
+        group_rss[group] = result.pop("peak_rss_mb")
+        train.update({k: v for k, v in result.items() if not k.startswith("matmul_")})
     rows = [
         (
             f"matmul {name} 2048^2, highest",
@@ -404,7 +415,9 @@ def train_rows(args: argparse.Namespace, ceiling: dict, rss: dict) -> list[tuple
         for name in ("fp32", "bf16")
     ]
     base = train["train_fp32_tok_s"]
-    for label, _, ceil in (*TRAIN_VARIANTS, *SYSTEM_MALLOC_VARIANTS):
+    for variant in TRAIN_VARIANTS:
+        label, _, ceil = variant
+        fp32 = "fp32" if variant in TRAIN_GROUPS["fp32"] else "fp32 (another process)"
         ratio = train[f"{label}_gflops"] / ceiling[f"matmul_{ceil}_gflops"]
         rate = train[f"{label}_tok_s"]
         versus = ""
@@ -418,7 +431,7 @@ def train_rows(args: argparse.Namespace, ceiling: dict, rss: dict) -> list[tuple
             (
                 f"{label} (tok/s)",
                 f"{rate:.0f}",
-                f"x{rate / base:.2f} vs fp32{versus}; {train[f'{label}_gflops']:.0f} "
+                f"x{rate / base:.2f} vs {fp32}{versus}; {train[f'{label}_gflops']:.0f} "
                 f"GFLOP/s = {ratio:.2f} of {ceil} ceiling",
             )
         )
@@ -427,8 +440,10 @@ def train_rows(args: argparse.Namespace, ceiling: dict, rss: dict) -> list[tuple
             "peak RSS nmt train",
             f"{rss['rss_train']:.0f} MB",
             "recipes/reference_de_en.yaml (bf16, 30 steps and a validation), whole process, "
-            "chunked loss (the default); the benchmark's train phase with "
-            f"{len(TRAIN_VARIANTS)} models: {train['peak_rss_mb']:.0f} MB",
+            "chunked loss (the default); the benchmark's train phases, per group: "
+            + ", ".join(
+                f"{g} ({len(TRAIN_GROUPS[g])} models) {mb:.0f} MB" for g, mb in group_rss.items()
+            ),
         )
     )
     rows.append(

@@ -124,7 +124,6 @@ TRAIN_GROUPS = {
         ("train_fp32_chunked_loss_system_malloc", {"loss_chunk_elements": LOSS_CHUNK}, "fp32"),
     ),
 }
-TRAIN_VARIANTS = tuple(v for group in TRAIN_GROUPS.values() for v in group)
 NOT_MODEL_FIELDS = (
     "unrolled_lstm",
     "manual_backward",
@@ -415,9 +414,8 @@ def train_rows(args: argparse.Namespace, ceiling: dict, rss: dict) -> list[tuple
         for name in ("fp32", "bf16")
     ]
     base = train["train_fp32_tok_s"]
-    for variant in TRAIN_VARIANTS:
-        label, _, ceil = variant
-        fp32 = "fp32" if variant in TRAIN_GROUPS["fp32"] else "fp32 (another process)"
+    for group, (label, _, ceil) in ((g, v) for g, vs in TRAIN_GROUPS.items() for v in vs):
+        fp32 = "fp32" if group == "fp32" else "fp32 (another process)"
         ratio = train[f"{label}_gflops"] / ceiling[f"matmul_{ceil}_gflops"]
         rate = train[f"{label}_tok_s"]
         versus = ""

@@ -267,10 +267,15 @@ def load_translator(
     paths = [p for path in given for p in ensemble_training.expand_run_dir(Path(path))]
     if not paths:
         raise NmtError("no model given")
-    rec, tokenizer, model, _ = ckpt.load_model(paths[0])
+    # restore_model copies the weights into the model: the payload is dropped at once, so that
+    # it is not held through the next member's loading or int8 conversion
+    first = ckpt.resolve(paths[0])
+    rec, tokenizer, model = ckpt.restore_model(ckpt.read(first), str(first))
     members = [model]
+    del model
     for path in paths[1:]:
-        _, other_tokenizer, other, _ = ckpt.load_model(path)
+        path = ckpt.resolve(path)
+        _, other_tokenizer, other = ckpt.restore_model(ckpt.read(path), str(path))
         if other_tokenizer.state_dict() != tokenizer.state_dict():
             raise CheckpointError(
                 f"{path} uses another tokenizer than {paths[0]}: an ensemble needs one vocabulary"
@@ -285,7 +290,7 @@ def load_translator(
     if precision == "int8":
         if dev.type != "cpu":
             raise NmtError("--precision int8 runs on the CPU only; add --device cpu")
-        members = [quantize_int8(m) for m in members]
+        members = [quantize_int8(m, inplace=True) for m in members]
     if workers > 1:
         if dev.type != "cpu":
             raise NmtError("--workers above 1 shares out CPU threads; on a GPU use 1")

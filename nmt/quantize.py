@@ -40,13 +40,16 @@ def _quiet_dynamic_quantization() -> Iterator[None]:
         yield
 
 
-def quantize_int8(model: nn.Module, lstm_step: bool = True) -> nn.Module:
+def quantize_int8(model: nn.Module, lstm_step: bool = True, inplace: bool = False) -> nn.Module:
     """A copy of `model` with int8 Linear and LSTM/GRU weights, for CPU inference.
 
     lstm_step=False keeps torch's quantized LSTM op for decoder steps: the reference path that
-    benchmarks/run.py compares against.
+    benchmarks/run.py compares against. inplace=True converts `model` itself instead of a copy:
+    a translator loading a model for int8 alone saves a second fp32 copy of it (53 MB for the
+    reference model) at its peak memory.
     """
-    model = copy.deepcopy(model)
+    if not inplace:
+        model = copy.deepcopy(model)
     decoder = getattr(model, "decoder", None)
     if lstm_step and isinstance(decoder, Decoder) and decoder.cell == "lstm":
         decoder.lstm_step = LSTMStep(decoder)  # its Linear layers are quantized below

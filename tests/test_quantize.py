@@ -60,6 +60,20 @@ def test_quantize_int8_copies_and_steps_in_int8(toy_tokenizer) -> None:
         assert [h.score for h in a] == pytest.approx([h.score for h in b], rel=2e-3)
 
 
+def test_quantize_int8_in_place_converts_the_model_given(toy_tokenizer) -> None:
+    """inplace=True (what load_translator uses, to hold one fp32 copy less) converts the model
+    itself, and it searches exactly as the copy quantize_int8 makes of the same weights."""
+    model = tiny_model(toy_tokenizer, seed=4)
+    copied = quantize_int8(model)
+    converted = quantize_int8(model, inplace=True)
+    assert converted is model
+    assert isinstance(model.decoder.lstm_step, LSTMStep)
+    assert nn.Linear not in map(type, model.modules())
+    batch = make_batch(toy_tokenizer.encode_source(synthetic_pairs(8, seed=3)[0]))
+    a, b = beam_search(converted, batch, beam_size=3), beam_search(copied, batch, beam_size=3)
+    assert [[h.tokens for h in n] for n in a] == [[h.tokens for h in n] for n in b]
+
+
 def test_quantize_int8_keeps_the_gru_op(toy_tokenizer) -> None:
     model = tiny_model(toy_tokenizer, seed=4, cell="gru")
     quantized = quantize_int8(model)

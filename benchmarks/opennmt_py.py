@@ -218,7 +218,7 @@ def decode_nmt(args: argparse.Namespace, work: Path, model: Path) -> tuple[float
     from nmt.translate import SearchSettings, Translator
 
     torch.set_num_threads(args.threads)
-    _, tokenizer, net, _ = checkpoint.load_model(model)
+    _, tokenizer, net = checkpoint.load_model(model)
     translator = Translator(
         net,
         tokenizer,

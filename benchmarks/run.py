@@ -252,7 +252,7 @@ def phase_decode(args: argparse.Namespace) -> dict:
     from nmt.shortlist import Shortlist
     from nmt.translate import SearchSettings, Translator
 
-    recipe, tokenizer, model, _ = checkpoint.load_model(args.model)
+    recipe, tokenizer, model = checkpoint.load_model(args.model)
     test = load_splits(recipe.data, ["test"], args.data)["test"]
     share_threads(args.workers)  # as `nmt translate --workers` does
     out = {}

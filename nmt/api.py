@@ -157,7 +157,7 @@ def train(
         elif tokenizer is not None:
             model = build_model(rec.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
         elif init_from is not None:
-            _, tokenizer, parent = ckpt.load_model(init_from)[:3]
+            _, tokenizer, parent = ckpt.load_model(init_from)
             model = build_model(rec.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
             try:
                 ckpt.load_weights(model, parent.state_dict(), f"--init-from {init_from}")
@@ -267,15 +267,10 @@ def load_translator(
     paths = [p for path in given for p in ensemble_training.expand_run_dir(Path(path))]
     if not paths:
         raise NmtError("no model given")
-    # restore_model copies the weights into the model: the payload is dropped at once, so that
-    # it is not held through the next member's loading or int8 conversion
-    first = ckpt.resolve(paths[0])
-    rec, tokenizer, model = ckpt.restore_model(ckpt.read(first), str(first))
+    rec, tokenizer, model = ckpt.load_model(paths[0])
     members = [model]
-    del model
     for path in paths[1:]:
-        path = ckpt.resolve(path)
-        _, other_tokenizer, other = ckpt.restore_model(ckpt.read(path), str(path))
+        _, other_tokenizer, other = ckpt.load_model(path)
         if other_tokenizer.state_dict() != tokenizer.state_dict():
             raise CheckpointError(
                 f"{path} uses another tokenizer than {paths[0]}: an ensemble needs one vocabulary"

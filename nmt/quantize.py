@@ -41,7 +41,8 @@ def _quiet_dynamic_quantization() -> Iterator[None]:
 
 
 def quantize_int8(model: nn.Module, lstm_step: bool = True, inplace: bool = False) -> nn.Module:
-    """A copy of `model` with int8 Linear and LSTM/GRU weights, for CPU inference.
+    """A copy of `model` (or, with inplace=True, `model` itself) with int8 Linear and LSTM/GRU
+    weights, for CPU inference.
 
     lstm_step=False keeps torch's quantized LSTM op for decoder steps: the reference path that
     benchmarks/run.py compares against. inplace=True converts `model` itself instead of a copy:

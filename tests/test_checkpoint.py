@@ -27,8 +27,8 @@ def _save(path: Path, tokenizer, seed=0, **model) -> Path:
 
 def test_round_trip(tmp_path, toy_tokenizer) -> None:
     path = _save(tmp_path / "m.pt", toy_tokenizer)
-    rec, tok, model, payload = ckpt.load_model(path)
-    assert payload["step"] == 7 and rec == _recipe()
+    rec, tok, model = ckpt.load_model(path)
+    assert ckpt.read(path)["step"] == 7 and rec == _recipe()
     original = tiny_model(toy_tokenizer)
     for (name, a), (_, b) in zip(
         original.state_dict().items(), model.state_dict().items(), strict=True

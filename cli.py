@@ -130,6 +130,13 @@ BeamSize = Annotated[
     int | None, typer.Option(help="Beam size; 1 = greedy. Default: the model's recipe.")
 ]
 BatchSize = Annotated[int | None, typer.Option(help="Sentences per decoding batch.")]
+MaxHypotheses = Annotated[
+    int | None,
+    typer.Option(
+        help="Hypotheses (sentences x beam) per decoding batch at most: bounds beam search's "
+        "memory. Default: the model's recipe."
+    ),
+]
 LengthPenalty = Annotated[float | None, typer.Option(help="GNMT length penalty alpha; 0 = none.")]
 MaxLengthRatio = Annotated[
     float | None, typer.Option(help="At most ratio x source tokens + 5 target tokens.")
@@ -189,6 +196,7 @@ def translate(
     ] = None,
     beam_size: BeamSize = None,
     batch_size: BatchSize = None,
+    max_hypotheses: MaxHypotheses = None,
     n_best: Annotated[
         int, typer.Option(help="Hypotheses per line; above 1, lines read 'N ||| text ||| score'.")
     ] = 1,
@@ -219,6 +227,7 @@ def translate(
         shortlist=shortlist,
         beam_size=beam_size,
         batch_size=batch_size,
+        max_hypotheses=max_hypotheses,
         n_best=n_best,
         length_penalty=length_penalty,
         max_length_ratio=max_length_ratio,
@@ -242,6 +251,7 @@ def evaluate(
     data: Data = None,
     beam_size: BeamSize = None,
     batch_size: BatchSize = None,
+    max_hypotheses: MaxHypotheses = None,
     length_penalty: LengthPenalty = None,
     max_length_ratio: MaxLengthRatio = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -267,6 +277,7 @@ def evaluate(
         shortlist=shortlist,
         beam_size=beam_size,
         batch_size=batch_size,
+        max_hypotheses=max_hypotheses,
         length_penalty=length_penalty,
         max_length_ratio=max_length_ratio,
     )

@@ -237,8 +237,18 @@ DECODE_VARIANTS = ("fp32", "bf16", "int8", "int8_lstm_op", "shortlist", "int8_sh
 
 
 def batch_size(args: argparse.Namespace, beam: int) -> int:
-    """Sentences per decoding batch: beam search holds beam x batch rows, hence its own size."""
+    """--batch-size, or --beam-batch-size for beam search: the sentences a batch may hold."""
     return args.batch_size if beam == 1 else args.beam_batch_size or args.batch_size
+
+
+def sentences_per_batch(args: argparse.Namespace, beam: int) -> int:
+    """What a batch holds: batch_size(), unless beam x that exceeds --max-hypotheses."""
+    from nmt.translate import SearchSettings
+
+    settings = SearchSettings(
+        beam_size=beam, batch_size=batch_size(args, beam), max_hypotheses=args.max_hypotheses
+    )
+    return settings.sentences_per_batch
 
 
 def phase_decode(args: argparse.Namespace) -> dict:
@@ -267,7 +277,11 @@ def phase_decode(args: argparse.Namespace) -> dict:
             m,
             tokenizer,
             resolve_device("cpu"),
-            SearchSettings(beam_size=beam, batch_size=batch_size(args, beam)),
+            SearchSettings(
+                beam_size=beam,
+                batch_size=batch_size(args, beam),
+                max_hypotheses=args.max_hypotheses,
+            ),
             torch.bfloat16 if variant == "bf16" else None,
             Shortlist.load(args.shortlist, tokenizer) if variant.endswith("shortlist") else None,
             args.workers,
@@ -329,6 +343,7 @@ def process_rss(args: argparse.Namespace) -> dict:
                             *("translate", str(args.model), "-i", str(source), "-o", f"{tmp}/h"),
                             *("--beam-size", str(beam), *options),
                             *("--batch-size", str(batch_size(args, beam))),
+                            *("--max-hypotheses", str(args.max_hypotheses)),
                             *("--threads", str(args.threads), "--workers", str(args.workers)),
                         ]
                     )
@@ -380,6 +395,7 @@ def child(
     ]
     if args.beam_batch_size:
         cmd += ["--beam-batch-size", str(args.beam_batch_size)]
+    cmd += ["--max-hypotheses", str(args.max_hypotheses)]
     cmd += ["--workers", str(args.workers)]
     if args.data:
         cmd += ["--data", str(args.data)]
@@ -463,6 +479,8 @@ def train_rows(args: argparse.Namespace, ceiling: dict, rss: dict) -> list[tuple
 
 
 def main() -> None:
+    from nmt.recipe import DecodeConfig
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -475,6 +493,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="decoding batch (sentences)")
     parser.add_argument(
         "--beam-batch-size", type=int, help="decoding batch of beam search (default: --batch-size)"
+    )
+    parser.add_argument(
+        "--max-hypotheses",
+        type=int,
+        default=DecodeConfig.max_hypotheses,
+        help="hypotheses (sentences x beam) a decoding batch holds at most (default: nmt's)",
     )
     parser.add_argument(
         "--workers", type=int, default=1, help="batches decoded at once (`nmt translate --workers`)"
@@ -530,7 +554,7 @@ def main() -> None:
                 (
                     f"peak RSS nmt translate {variant}, beam {beam}",
                     f"{rss[f'rss_translate_{variant}_beam{beam}']:.0f} MB",
-                    f"test2016 from a file, {batch_size(args, beam)} sentences a batch",
+                    f"test2016 from a file, {sentences_per_batch(args, beam)} sentences a batch",
                 )
             )
     if args.model:

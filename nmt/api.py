@@ -233,6 +233,7 @@ def settings_from_recipe(
         "max_length_ratio": d.max_length_ratio,
         "max_length": d.max_length,
         "batch_size": d.batch_size,
+        "max_hypotheses": d.max_hypotheses,
     }
     base.update({k: v for k, v in changes.items() if v is not None})
     return SearchSettings(**base)  # type: ignore[arg-type]

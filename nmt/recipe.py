@@ -136,6 +136,9 @@ class DecodeConfig:
     max_length_ratio: float = 2.0  # at most ratio * source tokens + 5 target tokens
     max_length: int = 256  # absolute cap on target tokens
     batch_size: int = 128  # sentences per decoding batch (128 beat 64 and 256 in speed)
+    # Hypotheses (sentences x beam) per batch at most: bounds beam search's memory, which grows
+    # with the rows it scores at once; a batch holds min(batch_size, max_hypotheses // beam).
+    max_hypotheses: int = 320
     average_checkpoints: int = 1  # >1: average the last N checkpoints before decoding
 
 
@@ -191,6 +194,7 @@ _POSITIVE = {
     "decode.max_length_ratio",
     "decode.max_length",
     "decode.batch_size",
+    "decode.max_hypotheses",
     "decode.average_checkpoints",
     "data.max_train_examples",
     "data.max_valid_examples",

@@ -414,6 +414,7 @@ class Trainer:
                 max_length_ratio=d.max_length_ratio,
                 max_length=d.max_length,
                 batch_size=d.batch_size,
+                max_hypotheses=d.max_hypotheses,
             ),
             self.dtype,
         )

@@ -33,6 +33,7 @@ class SearchSettings:
     max_length_ratio: float = 2.0
     max_length: int = 256
     batch_size: int = 128
+    max_hypotheses: int = 320
     max_source_tokens: int = 250
 
     def __post_init__(self) -> None:
@@ -46,12 +47,21 @@ class SearchSettings:
             )
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.max_hypotheses < 1:
+            raise InputError(f"--max-hypotheses must be at least 1, got {self.max_hypotheses}")
         if self.max_length_ratio <= 0:
             raise InputError(f"--max-length-ratio must be positive, got {self.max_length_ratio}")
         if self.length_penalty < 0:
             raise InputError(f"--length-penalty must not be negative, got {self.length_penalty}")
         if self.max_source_tokens < 1 or self.max_length < 1:
             raise InputError("--max-source-tokens and --max-length must be at least 1")
+
+    @property
+    def sentences_per_batch(self) -> int:
+        """A batch holds at most batch_size sentences and max_hypotheses beams in all: search's
+        memory grows with the hypotheses it scores at once (beam x sentences rows of the output
+        layer), so a wider beam takes fewer sentences at a time."""
+        return min(self.batch_size, max(1, self.max_hypotheses // self.beam_size))
 
 
 @dataclass(frozen=True)
@@ -140,9 +150,8 @@ class Translator:
             for ids in encoded
         ]
         order = sorted(range(len(todo)), key=lambda j: len(encoded[j]), reverse=True)
-        chunks = [
-            order[start : start + s.batch_size] for start in range(0, len(order), s.batch_size)
-        ]
+        size = s.sentences_per_batch
+        chunks = [order[start : start + size] for start in range(0, len(order), size)]
 
         def search(chunk: list[int]) -> list[list[Hypothesis]]:
             return self._search([encoded[j] for j in chunk])

@@ -385,6 +385,7 @@ def test_bad_inputs(trained, tmp_path, toy_dataset) -> None:
         (["translate", truncated], "not a readable nmt checkpoint"),
         (["translate", mismatched], "does not fit this model architecture"),
         (["translate", trained, "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["translate", trained, "--max-hypotheses", "0"], "--max-hypotheses must be at least 1"),
         (["translate", trained, "--max-length-ratio", "0"], "--max-length-ratio must be positive"),
         (["translate", trained, "-i", tmp_path], "input path is a directory"),
         (["translate", tmp_path / "empty_run"], "no checkpoint in directory"),

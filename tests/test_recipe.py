@@ -60,6 +60,7 @@ def test_integer_accepted_where_float_expected() -> None:
         ({"tokenizer": {"type": "wordpiece"}}, "tokenizer.type", "allowed: unigram, bpe"),
         ({"tokenizer": {"vocab_size": True}}, "tokenizer.vocab_size", "expected an integer"),
         ({"decode": {"beam_size": 0}}, "decode.beam_size", "greater than 0"),
+        ({"decode": {"max_hypotheses": 0}}, "decode.max_hypotheses", "greater than 0"),
         ({"tokenizer": {"sampling_alpha": -0.1}}, "tokenizer.sampling_alpha", "not be negative"),
         ({"tokenizer": {"sampling_nbest": 1}}, "tokenizer.sampling_nbest", "-1 (all"),
         (

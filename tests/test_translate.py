@@ -66,6 +66,39 @@ def test_n_best_lines(translator) -> None:
     assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.parametrize(
+    ("beam", "max_hypotheses", "expected_size"), [(3, 7, 2), (3, 2, 1), (1, 7, 5), (2, 100, 5)]
+)
+def test_batches_hold_at_most_max_hypotheses(
+    translator, beam, max_hypotheses, expected_size
+) -> None:
+    """A batch holds batch_size sentences unless beam x sentences would exceed max_hypotheses;
+    at least one sentence always fits. The translations are those of unbounded batches."""
+    src, _ = synthetic_pairs(13, seed=3)
+    outputs = {}
+    for bound in (max_hypotheses, 10_000):
+        bounded = Translator(
+            translator.model,
+            translator.tokenizer,
+            translator.device,
+            SearchSettings(beam_size=beam, batch_size=5, max_hypotheses=bound, max_length=8),
+        )
+        sizes: list[int] = []
+        search = bounded._search
+
+        def spy(ids, search=search, sizes=sizes):
+            sizes.append(len(ids))
+            return search(ids)
+
+        bounded._search = spy  # type: ignore[method-assign]
+        outputs[bound] = [hyps[0].text for hyps in bounded.translate(src)]
+        if bound == max_hypotheses:
+            assert max(sizes) == expected_size and sum(sizes) == len(src)
+        else:
+            assert max(sizes) == 5
+    assert outputs[max_hypotheses] == outputs[10_000]
+
+
 def test_decode_lines_handles_line_ends_and_reports_bad_bytes() -> None:
     data = b"a\r\nb\x0cc\n\nlast"
     assert list(decode_lines(io.BytesIO(data))) == ["a", "b\x0cc", "", "last"]
@@ -86,6 +119,7 @@ def test_one_line_removes_every_line_break() -> None:
         ({"beam_size": 0}, "--beam-size"),
         ({"n_best": 3, "beam_size": 2}, "--n-best"),
         ({"batch_size": 0}, "--batch-size"),
+        ({"max_hypotheses": 0}, "--max-hypotheses"),
         ({"max_length_ratio": 0}, "--max-length-ratio"),
         ({"length_penalty": -1}, "--length-penalty"),
         ({"max_source_tokens": 0}, "--max-source-tokens"),

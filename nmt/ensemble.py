@@ -61,15 +61,35 @@ class Ensemble(nn.Module):
         subset: OutputSubset | None = None,
     ) -> tuple[torch.Tensor, EnsembleState]:
         """log(mean_m p_m(y | ...)): (B, V), already normalised (search's log_softmax keeps it)."""
-        if subset is not None:
-            raise ValueError("a shortlist cuts one model's output layer; not with an ensemble")
-        log_probs = []
-        states = []
+        features, state = self.decode_step_features(tokens, state, memory)
+        return self.step_scores(features, subset), state
+
+    def decode_step_features(
+        self, tokens: torch.Tensor, state: EnsembleState, memory: EnsembleMemory
+    ) -> tuple[torch.Tensor, EnsembleState]:
+        """Every member's attentional vectors side by side, (B, A_1 + ... + A_M), and states."""
+        features, states = [], []
         for model, member_state, member_memory in zip(
             self.models, state.members, memory.members, strict=True
         ):
-            logits, new_state = model.decode_step_logits(tokens, member_state, member_memory)
-            log_probs.append(torch.log_softmax(logits, dim=-1))
+            member_features, new_state = model.decode_step_features(
+                tokens, member_state, member_memory
+            )
+            features.append(member_features)
             states.append(new_state)
-        mixed = torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(log_probs))  # (B, V)
-        return mixed, EnsembleState(states)
+        return torch.cat(features, dim=1), EnsembleState(states)
+
+    def step_scores(
+        self, features: torch.Tensor, subset: OutputSubset | None = None
+    ) -> torch.Tensor:
+        """The mixed log-probabilities (B, V) of decode_step_features' rows (B, sum A_m)."""
+        if subset is not None:
+            raise ValueError("a shortlist cuts one model's output layer; not with an ensemble")
+        sizes = [model.decoder.output.in_features for model in self.models]
+        log_probs = [
+            torch.log_softmax(model.step_scores(member_features), dim=-1)
+            for model, member_features in zip(
+                self.models, features.split(sizes, dim=1), strict=True
+            )
+        ]
+        return torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(log_probs))  # (B, V)

@@ -67,11 +67,27 @@ class Seq2Seq(nn.Module):
         (B, V) over the vocabulary, or (B, C) over `subset.ids`: with a shortlist, search works in
         candidate space and maps only the ids it picks back to the vocabulary.
         """
-        if subset is None:
-            logits, state, _ = self.decoder.step(tokens, state, memory)
-            return logits.float(), state
+        features, state = self.decode_step_features(tokens, state, memory)
+        return self.step_scores(features, subset), state
+
+    def decode_step_features(
+        self, tokens: torch.Tensor, state: DecoderState, memory: Memory
+    ) -> tuple[torch.Tensor, DecoderState]:
+        """The step short of the output layer: the attentional vectors (B, A), the new state.
+
+        Search scores them in slices of rows (nmt.search), so that the (B, V) blocks of the
+        output layer stay small however many hypotheses a batch holds.
+        """
         attentional, state, _ = self.decoder.step_attentional(tokens.unsqueeze(1), state, memory)
-        return subset.logits(attentional).float(), state
+        return attentional, state
+
+    def step_scores(
+        self, features: torch.Tensor, subset: OutputSubset | None = None
+    ) -> torch.Tensor:
+        """Unnormalised fp32 scores (B, V), or (B, C) over `subset.ids`, of features (B, A)."""
+        if subset is None:
+            return self.decoder.output(features).float()
+        return subset.logits(features).float()
 
     def decode_step(
         self,

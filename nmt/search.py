@@ -79,27 +79,50 @@ def top_k(values: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor, 
     return top, chosen.gather(1, where // block) * block + where % block
 
 
-def _next_log_probs(
+# Rows of the output layer scored at once. A step's (rows, V) blocks (the product, int8's int32
+# accumulators, the log-probabilities) are the search's largest; glibc keeps the heap they grew,
+# so peak RSS followed the hypotheses in a batch (README, Benchmarks) until they were bounded here.
+OUTPUT_ROWS = 128
+
+
+def _next_candidates(
     model: Seq2Seq | Ensemble,
     tokens: torch.Tensor,
     state: DecoderState | EnsembleState,
     memory: Memory | EnsembleMemory,
     columns: _Columns,
     at_limit: torch.Tensor,
-) -> tuple[torch.Tensor, DecoderState | EnsembleState]:
-    """Log-probabilities (N, C) of the next token under search's rules, and the new state.
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor, DecoderState | EnsembleState]:
+    """The `width` best next tokens of each row under search's rules: their log-probabilities
+    (N, W) and columns (N, W), sorted, and the new state.
 
-    PAD and BOS are never chosen; rows `at_limit` (N,) may only end. torch's fused log_softmax
-    is one pass; a logsumexp of the raw scores (amax, sub, exp, sum: four passes) measured slower.
+    PAD and BOS are never chosen; rows `at_limit` (N,) may only end. The output layer runs on
+    OUTPUT_ROWS rows at a time. torch's fused log_softmax is one pass; a logsumexp of the raw
+    scores (amax, sub, exp, sum: four passes) measured slower. On the CPU it overwrites the fp32
+    scores, which nothing reads again: one (rows, C) block less, the same values (the kernel
+    reads a row before writing it; tested).
     """
-    scores, state = model.decode_step_logits(tokens, state, memory, columns.subset)
-    log_probs = torch.log_softmax(scores, dim=-1)
-    log_probs.index_fill_(1, columns.forbidden, float("-inf"))
-    if bool(at_limit.any()):
-        eos = log_probs[at_limit, columns.eos].clone()
-        log_probs[at_limit] = float("-inf")
-        log_probs[at_limit, columns.eos] = eos
-    return log_probs, state
+    features, state = model.decode_step_features(tokens, state, memory)  # (N, F)
+    values, picked = [], []
+    for start in range(0, features.size(0), OUTPUT_ROWS):
+        scores = model.step_scores(features[start : start + OUTPUT_ROWS], columns.subset)
+        if scores.device.type == "cpu" and scores.dtype == torch.float32 and scores.is_contiguous():
+            log_probs = torch.ops.aten._log_softmax.out(scores, 1, False, out=scores)
+        else:
+            log_probs = torch.log_softmax(scores, dim=-1)
+        log_probs.index_fill_(1, columns.forbidden, float("-inf"))
+        ending = at_limit[start : start + OUTPUT_ROWS]
+        if bool(ending.any()):
+            eos = log_probs[ending, columns.eos].clone()
+            log_probs[ending] = float("-inf")
+            log_probs[ending, columns.eos] = eos
+        top, where = top_k(log_probs, min(width, log_probs.size(-1)))
+        values.append(top)
+        picked.append(where)
+    if len(values) == 1:
+        return values[0], picked[0], state
+    return torch.cat(values), torch.cat(picked), state
 
 
 @torch.inference_mode()
@@ -127,10 +150,10 @@ def greedy(
     tokens = torch.full((size,), BOS_ID, dtype=torch.long, device=device)
     columns = _Columns.of(subset, device)
     for t in range(steps):
-        log_probs, state = _next_log_probs(
-            model, tokens, state, memory, columns, limits[active] <= t
-        )  # (N, C)
-        best, column = (x.squeeze(1) for x in top_k(log_probs, 1))
+        best, column, state = _next_candidates(
+            model, tokens, state, memory, columns, limits[active] <= t, 1
+        )
+        best, column = best.squeeze(1), column.squeeze(1)  # (N,)
         tokens = columns.tokens(column)
         output[active, t] = tokens
         scores[active] += best
@@ -190,13 +213,18 @@ def beam_search(
     columns = _Columns.of(subset, device)
     for t in range(int(limits_all.max()) + 1):
         n = active.numel()
-        log_probs, state = _next_log_probs(
-            model, prev, state, memory, columns, (limits_all[active] <= t).repeat_interleave(k)
-        )  # (N*K, C)
         # A sentence's best 2K continuations are among the best 2K of each of its K rows, so the
         # running scores are added to (N*K, 2K) values, not to (N*K, C).
-        width = min(2 * k, log_probs.size(-1))
-        row_scores, row_columns = top_k(log_probs, width)  # (N*K, W)
+        row_scores, row_columns, state = _next_candidates(
+            model,
+            prev,
+            state,
+            memory,
+            columns,
+            (limits_all[active] <= t).repeat_interleave(k),
+            2 * k,
+        )  # (N*K, W)
+        width = row_scores.size(-1)
         candidates = (scores.view(-1, 1) + row_scores).view(n, k * width)
         top_scores, top_index = candidates.topk(min(2 * k, k * width), dim=-1)  # (N, 2K)
         top_beam = top_index // width

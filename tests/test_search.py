@@ -1,9 +1,11 @@
 import math
+from itertools import chain
 from typing import ClassVar
 
 import pytest
 import torch
 
+from nmt import search
 from nmt.batching import make_batch
 from nmt.decoder import DecoderState, Memory
 from nmt.model import OutputSubset
@@ -34,8 +36,8 @@ class ScriptedModel:
         )
         return memory, DecoderState(torch.zeros(1, n, 32, dtype=torch.long), None)
 
-    def decode_step_logits(self, tokens, state, memory, subset=None):
-        assert subset is None
+    def decode_step_features(self, tokens, state, memory):
+        """Its features are its scores (N, V): step_scores passes them through."""
         hidden = state.hidden.clone()  # (1, N, 32): [length, t1, t2, ...]
         out = torch.full((tokens.size(0), self.vocab), math.log(1e-9))
         for row, token in enumerate(tokens.tolist()):
@@ -48,6 +50,10 @@ class ScriptedModel:
             for tok, p in self.script.get(prefix, self.default).items():
                 out[row, tok] = math.log(p)
         return out, DecoderState(hidden, None)
+
+    def step_scores(self, features, subset=None):
+        assert subset is None
+        return features.clone()  # search overwrites the scores it is given
 
 
 def _scripted_batch(n=1):
@@ -136,6 +142,64 @@ def test_batch_equals_one_by_one(toy_tokenizer, search) -> None:
         assert [h.tokens for h in alone] == [h.tokens for h in together[i]]
         for a, t in zip(alone, together[i], strict=True):
             assert a.score == pytest.approx(t.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("use_subset", [False, True])
+def test_next_candidates_in_slices_of_rows_are_the_whole_top_k(
+    toy_tokenizer, monkeypatch, use_subset
+) -> None:
+    """Scored OUTPUT_ROWS rows at a time, with log_softmax written over the scores, a step's
+    candidates are those of torch's log_softmax and topk over all rows at once; rows at their
+    length limit may only end, and PAD and BOS are never chosen."""
+    model = tiny_model(toy_tokenizer, seed=5).eval()
+    src, _ = synthetic_pairs(10, seed=9)
+    batch = make_batch(toy_tokenizer.encode_source(src))
+    memory, state = model.encode(batch.src, batch.src_lengths)
+    vocab = model.decoder.output.out_features
+    tokens = torch.randint(4, vocab, (batch.size,))
+    at_limit = torch.zeros(batch.size, dtype=torch.bool)
+    at_limit[[1, 7]] = True
+    subset = None
+    if use_subset:
+        subset = OutputSubset.of(
+            model, torch.tensor([0, 1, EOS_ID, 5, 9, 11, vocab - 2, vocab - 1])
+        )
+    columns = search._Columns.of(subset, batch.src.device)
+    with torch.inference_mode():
+        expected = torch.log_softmax(model.decode_step_logits(tokens, state, memory, subset)[0], -1)
+        expected[:, columns.forbidden] = float("-inf")
+        expected[at_limit] = torch.where(
+            torch.arange(expected.size(1)) == columns.eos, expected[at_limit], float("-inf")
+        )
+        want_values, want_columns = expected.topk(4, dim=-1)
+        monkeypatch.setattr(search, "OUTPUT_ROWS", 3)  # 10 rows: slices of 3, 3, 3 and 1
+        values, picked, _ = search._next_candidates(
+            model, tokens, state, memory, columns, at_limit, 4
+        )
+    assert values.shape == (batch.size, 4)
+    torch.testing.assert_close(values, want_values, rtol=0, atol=1e-5)
+    finite = torch.isfinite(want_values)
+    assert torch.equal(picked[finite], want_columns[finite])
+    assert picked[1, 0] == columns.eos and not torch.isfinite(values[1, 1:]).any()
+    assert not torch.isin(picked[finite], columns.forbidden).any()
+
+
+def test_search_in_slices_of_rows_equals_search_at_once(toy_tokenizer, monkeypatch) -> None:
+    """Beam search and greedy find the same hypotheses whatever OUTPUT_ROWS is."""
+    model = tiny_model(toy_tokenizer, seed=6)
+    src, _ = synthetic_pairs(9, seed=8)
+    batch = make_batch(toy_tokenizer.encode_source(src))
+    found = {}
+    for rows in (10_000, 4):
+        monkeypatch.setattr(search, "OUTPUT_ROWS", rows)
+        found[rows] = (
+            beam_search(model, batch, beam_size=3, n_best=3),
+            [[h] for h in greedy(model, batch)],
+        )
+    for whole, sliced in zip(found[10_000], found[4], strict=True):
+        assert [[h.tokens for h in n] for n in whole] == [[h.tokens for h in n] for n in sliced]
+        for w, s in zip(chain(*whole), chain(*sliced), strict=True):
+            assert w.score == pytest.approx(s.score, abs=1e-4)
 
 
 def test_bad_arguments(toy_tokenizer) -> None:

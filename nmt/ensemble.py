@@ -64,6 +64,10 @@ class Ensemble(nn.Module):
         features, state = self.decode_step_features(tokens, state, memory)
         return self.step_scores(features, subset), state
 
+    @property
+    def int8_output(self) -> bool:
+        return all(model.int8_output for model in self.models)
+
     def decode_step_features(
         self, tokens: torch.Tensor, state: EnsembleState, memory: EnsembleMemory
     ) -> tuple[torch.Tensor, EnsembleState]:

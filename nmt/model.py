@@ -33,7 +33,7 @@ class OutputSubset:
     def of(cls, model: Seq2Seq, ids: torch.Tensor) -> OutputSubset:
         """The rows `ids` of the model's output layer, int8 where the model is int8."""
         output = model.decoder.output
-        if callable(output.weight):  # dynamic quantization keeps its weight behind a call
+        if model.int8_output:
             return cls(ids, None, int8_rows(output, ids))
         return cls(ids, output.weight.detach().index_select(0, ids))
 
@@ -69,6 +69,11 @@ class Seq2Seq(nn.Module):
         """
         features, state = self.decode_step_features(tokens, state, memory)
         return self.step_scores(features, subset), state
+
+    @property
+    def int8_output(self) -> bool:
+        """Whether the output layer is int8 (nmt.quantize), which search scores in slices."""
+        return callable(self.decoder.output.weight)  # dynamic quantization: weight is a call
 
     def decode_step_features(
         self, tokens: torch.Tensor, state: DecoderState, memory: Memory

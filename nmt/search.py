@@ -79,10 +79,17 @@ def top_k(values: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor, 
     return top, chosen.gather(1, where // block) * block + where % block
 
 
-# Rows of the output layer scored at once. A step's (rows, V) blocks (the product, int8's int32
-# accumulators, the log-probabilities) are the search's largest; glibc keeps the heap they grew,
+# Rows of an int8 output layer scored at once. A step's (rows, V) blocks (the product, its int32
+# accumulators, the log-probabilities) are int8 search's largest; glibc keeps the heap they grew,
 # so peak RSS followed the hypotheses in a batch (README, Benchmarks) until they were bounded here.
 OUTPUT_ROWS = 128
+
+
+def _output_rows(model: Seq2Seq | Ensemble, n: int) -> int:
+    """OUTPUT_ROWS for an int8 output layer; all n rows for fp32, whose (V, A) weight each slice
+    would read again from memory: in slices of 128 its product and log_softmax took 21 ms per
+    320 rows against 16 ms at once, while int8's took 4.8 against 4.6 (README, Benchmarks)."""
+    return OUTPUT_ROWS if model.int8_output else max(n, 1)
 
 
 def _next_candidates(
@@ -93,26 +100,28 @@ def _next_candidates(
     columns: _Columns,
     at_limit: torch.Tensor,
     width: int,
+    rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, DecoderState | EnsembleState]:
     """The `width` best next tokens of each row under search's rules: their log-probabilities
     (N, W) and columns (N, W), sorted, and the new state.
 
     PAD and BOS are never chosen; rows `at_limit` (N,) may only end. The output layer runs on
-    OUTPUT_ROWS rows at a time. torch's fused log_softmax is one pass; a logsumexp of the raw
-    scores (amax, sub, exp, sum: four passes) measured slower. On the CPU it overwrites the fp32
-    scores, which nothing reads again: one (rows, C) block less, the same values (the kernel
-    reads a row before writing it; tested).
+    `rows` rows at a time (None: _output_rows). torch's fused log_softmax is one pass; a logsumexp
+    of the raw scores (amax, sub, exp, sum: four passes) measured slower. On the CPU it overwrites
+    the fp32 scores, which nothing reads again: one (rows, C) block less, the same values (the
+    kernel reads a row before writing it; tested).
     """
     features, state = model.decode_step_features(tokens, state, memory)  # (N, F)
+    rows = rows or _output_rows(model, features.size(0))
     values, picked = [], []
-    for start in range(0, features.size(0), OUTPUT_ROWS):
-        scores = model.step_scores(features[start : start + OUTPUT_ROWS], columns.subset)
+    for start in range(0, features.size(0), rows):
+        scores = model.step_scores(features[start : start + rows], columns.subset)
         if scores.device.type == "cpu" and scores.dtype == torch.float32 and scores.is_contiguous():
             log_probs = torch.ops.aten._log_softmax.out(scores, 1, False, out=scores)
         else:
             log_probs = torch.log_softmax(scores, dim=-1)
         log_probs.index_fill_(1, columns.forbidden, float("-inf"))
-        ending = at_limit[start : start + OUTPUT_ROWS]
+        ending = at_limit[start : start + rows]
         if bool(ending.any()):
             eos = log_probs[ending, columns.eos].clone()
             log_probs[ending] = float("-inf")

@@ -9,6 +9,7 @@ from nmt import search
 from nmt.batching import make_batch
 from nmt.decoder import DecoderState, Memory
 from nmt.model import OutputSubset
+from nmt.quantize import quantize_int8
 from nmt.search import beam_search, greedy, length_penalty, max_output_lengths, top_k
 from nmt.tokenizer import BOS_ID, EOS_ID
 
@@ -22,6 +23,7 @@ class ScriptedModel:
     computed by hand. Unscripted prefixes end with probability 0.9."""
 
     vocab = 6
+    int8_output = False
     script: ClassVar[dict[tuple[int, ...], dict[int, float]]] = {
         (): {A: 0.6, B: 0.3, EOS_ID: 0.1},
         (A,): {A: 0.4, B: 0.35, EOS_ID: 0.25},
@@ -145,10 +147,8 @@ def test_batch_equals_one_by_one(toy_tokenizer, search) -> None:
 
 
 @pytest.mark.parametrize("use_subset", [False, True])
-def test_next_candidates_in_slices_of_rows_are_the_whole_top_k(
-    toy_tokenizer, monkeypatch, use_subset
-) -> None:
-    """Scored OUTPUT_ROWS rows at a time, with log_softmax written over the scores, a step's
+def test_next_candidates_in_slices_of_rows_are_the_whole_top_k(toy_tokenizer, use_subset) -> None:
+    """Scored a few rows at a time, with log_softmax written over the scores, a step's
     candidates are those of torch's log_softmax and topk over all rows at once; rows at their
     length limit may only end, and PAD and BOS are never chosen."""
     model = tiny_model(toy_tokenizer, seed=5).eval()
@@ -172,9 +172,8 @@ def test_next_candidates_in_slices_of_rows_are_the_whole_top_k(
             torch.arange(expected.size(1)) == columns.eos, expected[at_limit], float("-inf")
         )
         want_values, want_columns = expected.topk(4, dim=-1)
-        monkeypatch.setattr(search, "OUTPUT_ROWS", 3)  # 10 rows: slices of 3, 3, 3 and 1
-        values, picked, _ = search._next_candidates(
-            model, tokens, state, memory, columns, at_limit, 4
+        values, picked, _ = search._next_candidates(  # 10 rows: slices of 3, 3, 3 and 1
+            model, tokens, state, memory, columns, at_limit, 4, rows=3
         )
     assert values.shape == (batch.size, 4)
     torch.testing.assert_close(values, want_values, rtol=0, atol=1e-5)
@@ -185,13 +184,16 @@ def test_next_candidates_in_slices_of_rows_are_the_whole_top_k(
 
 
 def test_search_in_slices_of_rows_equals_search_at_once(toy_tokenizer, monkeypatch) -> None:
-    """Beam search and greedy find the same hypotheses whatever OUTPUT_ROWS is."""
+    """Beam search and greedy find the same hypotheses however many rows are scored at once;
+    only an int8 output layer is scored in slices."""
+    assert search._output_rows(tiny_model(toy_tokenizer), 300) == 300
+    assert search._output_rows(quantize_int8(tiny_model(toy_tokenizer)), 300) == search.OUTPUT_ROWS
     model = tiny_model(toy_tokenizer, seed=6)
     src, _ = synthetic_pairs(9, seed=8)
     batch = make_batch(toy_tokenizer.encode_source(src))
     found = {}
     for rows in (10_000, 4):
-        monkeypatch.setattr(search, "OUTPUT_ROWS", rows)
+        monkeypatch.setattr(search, "_output_rows", lambda model, n, rows=rows: rows)
         found[rows] = (
             beam_search(model, batch, beam_size=3, n_best=3),
             [[h] for h in greedy(model, batch)],

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from nmt.batching import Batch
     from nmt.model import Seq2Seq
+    from nmt.translate import SearchSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -241,14 +242,13 @@ def batch_size(args: argparse.Namespace, beam: int) -> int:
     return args.batch_size if beam == 1 else args.beam_batch_size or args.batch_size
 
 
-def sentences_per_batch(args: argparse.Namespace, beam: int) -> int:
-    """What a batch holds: batch_size(), unless beam x that exceeds --max-hypotheses."""
+def search_settings(args: argparse.Namespace, beam: int) -> SearchSettings:
+    """The decoding settings of a beam: batch_size() sentences, at most --max-hypotheses."""
     from nmt.translate import SearchSettings
 
-    settings = SearchSettings(
+    return SearchSettings(
         beam_size=beam, batch_size=batch_size(args, beam), max_hypotheses=args.max_hypotheses
     )
-    return settings.sentences_per_batch
 
 
 def phase_decode(args: argparse.Namespace) -> dict:
@@ -260,7 +260,7 @@ def phase_decode(args: argparse.Namespace) -> dict:
     from nmt.quantize import quantize_int8
     from nmt.runtime import peak_rss_mb, resolve_device, share_threads
     from nmt.shortlist import Shortlist
-    from nmt.translate import SearchSettings, Translator
+    from nmt.translate import Translator
 
     recipe, tokenizer, model = checkpoint.load_model(args.model)
     test = load_splits(recipe.data, ["test"], args.data)["test"]
@@ -277,11 +277,7 @@ def phase_decode(args: argparse.Namespace) -> dict:
             m,
             tokenizer,
             resolve_device("cpu"),
-            SearchSettings(
-                beam_size=beam,
-                batch_size=batch_size(args, beam),
-                max_hypotheses=args.max_hypotheses,
-            ),
+            search_settings(args, beam),
             torch.bfloat16 if variant == "bf16" else None,
             Shortlist.load(args.shortlist, tokenizer) if variant.endswith("shortlist") else None,
             args.workers,
@@ -550,11 +546,12 @@ def main() -> None:
             rows += train_rows(args, ceiling, rss)
     for variant in TRANSLATE_RSS if args.model else ():
         for beam in (1, 5):
+            sentences = search_settings(args, beam).sentences_per_batch
             rows.append(
                 (
                     f"peak RSS nmt translate {variant}, beam {beam}",
                     f"{rss[f'rss_translate_{variant}_beam{beam}']:.0f} MB",
-                    f"test2016 from a file, {sentences_per_batch(args, beam)} sentences a batch",
+                    f"test2016 from a file, {sentences} sentences a batch",
                 )
             )
     if args.model:

@@ -226,17 +226,7 @@ def settings_from_recipe(
     rec: Recipe, decode: DecodeConfig | None = None, **changes: object
 ) -> SearchSettings:
     """The recipe's decode section (or `decode`), with the given non-None values replacing it."""
-    d = decode or rec.decode
-    base: dict[str, object] = {
-        "beam_size": d.beam_size,
-        "length_penalty": d.length_penalty,
-        "max_length_ratio": d.max_length_ratio,
-        "max_length": d.max_length,
-        "batch_size": d.batch_size,
-        "max_hypotheses": d.max_hypotheses,
-    }
-    base.update({k: v for k, v in changes.items() if v is not None})
-    return SearchSettings(**base)  # type: ignore[arg-type]
+    return SearchSettings.from_decode(decode or rec.decode, **changes)
 
 
 def load_translator(

@@ -100,19 +100,18 @@ def _next_candidates(
     columns: _Columns,
     at_limit: torch.Tensor,
     width: int,
-    rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, DecoderState | EnsembleState]:
     """The `width` best next tokens of each row under search's rules: their log-probabilities
     (N, W) and columns (N, W), sorted, and the new state.
 
     PAD and BOS are never chosen; rows `at_limit` (N,) may only end. The output layer runs on
-    `rows` rows at a time (None: _output_rows). torch's fused log_softmax is one pass; a logsumexp
+    _output_rows rows at a time. torch's fused log_softmax is one pass; a logsumexp
     of the raw scores (amax, sub, exp, sum: four passes) measured slower. On the CPU it overwrites
     the fp32 scores, which nothing reads again: one (rows, C) block less, the same values (the
     kernel reads a row before writing it; tested).
     """
     features, state = model.decode_step_features(tokens, state, memory)  # (N, F)
-    rows = rows or _output_rows(model, features.size(0))
+    rows = _output_rows(model, features.size(0))
     values, picked = [], []
     for start in range(0, features.size(0), rows):
         scores = model.step_scores(features[start : start + rows], columns.subset)

@@ -403,19 +403,11 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         started = time.perf_counter()
         ce, ppl = self.validation_loss()
-        d = self.recipe.decode
         translator = Translator(
             self.model,
             self.tokenizer,
             self.device,
-            SearchSettings(
-                beam_size=self.config.valid_beam_size,
-                length_penalty=d.length_penalty,
-                max_length_ratio=d.max_length_ratio,
-                max_length=d.max_length,
-                batch_size=d.batch_size,
-                max_hypotheses=d.max_hypotheses,
-            ),
+            SearchSettings.from_decode(self.recipe.decode, beam_size=self.config.valid_beam_size),
             self.dtype,
         )
         hyps = [h[0].text for h in translator.translate(self.data.valid.source)]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from nmt.search import Hypothesis, beam_search, greedy
 from nmt.shortlist import Shortlist
 from nmt.textio import one_line
 from nmt.tokenizer import EOS_ID, Tokenizer
+
+if TYPE_CHECKING:
+    from nmt.recipe import DecodeConfig
 
 log = logging.getLogger("nmt")
 
@@ -55,6 +59,20 @@ class SearchSettings:
             raise InputError(f"--length-penalty must not be negative, got {self.length_penalty}")
         if self.max_source_tokens < 1 or self.max_length < 1:
             raise InputError("--max-source-tokens and --max-length must be at least 1")
+
+    @classmethod
+    def from_decode(cls, decode: DecodeConfig, **changes: object) -> SearchSettings:
+        """A recipe's decode section, with the given non-None values replacing it."""
+        base: dict[str, object] = {
+            "beam_size": decode.beam_size,
+            "length_penalty": decode.length_penalty,
+            "max_length_ratio": decode.max_length_ratio,
+            "max_length": decode.max_length,
+            "batch_size": decode.batch_size,
+            "max_hypotheses": decode.max_hypotheses,
+        }
+        base.update({k: v for k, v in changes.items() if v is not None})
+        return cls(**base)  # type: ignore[arg-type]
 
     @property
     def sentences_per_batch(self) -> int:

@@ -147,7 +147,9 @@ def test_batch_equals_one_by_one(toy_tokenizer, search) -> None:
 
 
 @pytest.mark.parametrize("use_subset", [False, True])
-def test_next_candidates_in_slices_of_rows_are_the_whole_top_k(toy_tokenizer, use_subset) -> None:
+def test_next_candidates_in_slices_of_rows_are_the_whole_top_k(
+    toy_tokenizer, monkeypatch, use_subset
+) -> None:
     """Scored a few rows at a time, with log_softmax written over the scores, a step's
     candidates are those of torch's log_softmax and topk over all rows at once; rows at their
     length limit may only end, and PAD and BOS are never chosen."""
@@ -172,8 +174,9 @@ def test_next_candidates_in_slices_of_rows_are_the_whole_top_k(toy_tokenizer, us
             torch.arange(expected.size(1)) == columns.eos, expected[at_limit], float("-inf")
         )
         want_values, want_columns = expected.topk(4, dim=-1)
-        values, picked, _ = search._next_candidates(  # 10 rows: slices of 3, 3, 3 and 1
-            model, tokens, state, memory, columns, at_limit, 4, rows=3
+        monkeypatch.setattr(search, "_output_rows", lambda model, n: 3)  # slices 3, 3, 3, 1
+        values, picked, _ = search._next_candidates(
+            model, tokens, state, memory, columns, at_limit, 4
         )
     assert values.shape == (batch.size, 4)
     torch.testing.assert_close(values, want_values, rtol=0, atol=1e-5)

@@ -179,13 +179,16 @@ class Translator:
                 searched = list(pool.map(search, chunks))
         else:
             searched = [search(chunk) for chunk in chunks]
-        for chunk, found in zip(chunks, searched, strict=True):
-            for j, hyps in zip(chunk, found, strict=True):
-                texts = self.tokenizer.decode_target([h.tokens for h in hyps])
-                results[todo[j]] = [
-                    Translation(one_line(t), h.normalized_score)
-                    for t, h in zip(texts, hyps, strict=True)
-                ]
+        # One call decodes every hypothesis: sentencepiece's batch call costs about 0.1 ms of
+        # set-up each, 10% of greedy search's time when it was made once per sentence.
+        found = [
+            (todo[j], hyps)
+            for chunk, f in zip(chunks, searched, strict=True)
+            for j, hyps in zip(chunk, f, strict=True)
+        ]
+        texts = iter(self.tokenizer.decode_target([h.tokens for _, hyps in found for h in hyps]))
+        for i, hyps in found:
+            results[i] = [Translation(one_line(next(texts)), h.normalized_score) for h in hyps]
         return results
 
     def translate_stream(

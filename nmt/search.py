@@ -205,17 +205,18 @@ def beam_search(
     k = beam_size
     device = batch.src.device
     memory, state = model.encode(batch.src, batch.src_lengths)
-    # Rows i*K .. i*K+K-1 are the hypotheses of sentence i; they share its memory (N, S, M).
-    state = state.select(torch.arange(batch.size, device=device).repeat_interleave(k))
+    # Rows i*B .. i*B+B-1 are the B hypotheses of sentence i; they share its memory (N, S, M).
+    # All K beams start as the same BOS, so the first step scores one row per sentence (B = 1)
+    # and its best candidates fill the K beams: 1/K of a step's work where K copies did the same.
+    beams = 1
     limits_all = torch.tensor(
         max_output_lengths(batch.src_lengths, max_length_ratio, max_length), device=device
     )
 
     active = torch.arange(batch.size, device=device)  # original index of each live sentence
-    scores = torch.full((batch.size, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    history = torch.empty((batch.size * k, 0), dtype=torch.long, device=device)  # (N*K, t)
-    prev = torch.full((batch.size * k,), BOS_ID, dtype=torch.long, device=device)
+    scores = torch.zeros((batch.size, beams), device=device)  # (N, B)
+    history = torch.empty((batch.size, 0), dtype=torch.long, device=device)  # (N*B, t)
+    prev = torch.full((batch.size,), BOS_ID, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch.size)]
 
     columns = _Columns.of(subset, device)
@@ -229,14 +230,18 @@ def beam_search(
             state,
             memory,
             columns,
-            (limits_all[active] <= t).repeat_interleave(k),
+            (limits_all[active] <= t).repeat_interleave(beams),
             2 * k,
-        )  # (N*K, W)
+        )  # (N*B, W)
+        if beams * row_scores.size(-1) < k:  # a first step over fewer columns than beams:
+            pad = k - row_scores.size(-1)  # impossible candidates fill the other beams
+            row_scores = torch.nn.functional.pad(row_scores, (0, pad), value=float("-inf"))
+            row_columns = torch.nn.functional.pad(row_columns, (0, pad), value=columns.eos)
         width = row_scores.size(-1)
-        candidates = (scores.view(-1, 1) + row_scores).view(n, k * width)
-        top_scores, top_index = candidates.topk(min(2 * k, k * width), dim=-1)  # (N, 2K)
+        candidates = (scores.view(-1, 1) + row_scores).view(n, beams * width)
+        top_scores, top_index = candidates.topk(min(2 * k, beams * width), dim=-1)  # (N, 2K)
         top_beam = top_index // width
-        top_token = columns.tokens(row_columns.view(n, k * width).gather(1, top_index))
+        top_token = columns.tokens(row_columns.view(n, beams * width).gather(1, top_index))
         is_eos = (top_token == EOS_ID) & torch.isfinite(top_scores)
 
         # Hypotheses ending here, among the first K candidates, are set aside.
@@ -245,7 +250,7 @@ def beam_search(
         for i, j in eos_rank_ok.nonzero().tolist():
             sentence = int(active[i])
             if len(finished[sentence]) < k:
-                row = i * k + int(top_beam[i, j])
+                row = i * beams + int(top_beam[i, j])
                 score = float(top_scores[i, j])
                 tokens = history[row].tolist()
                 finished[sentence].append(
@@ -258,11 +263,12 @@ def beam_search(
         alive_scores, pick = torch.where(is_eos, float("-inf"), top_scores).topk(
             k, dim=-1
         )  # (N, K)
-        rows = (torch.arange(n, device=device).unsqueeze(1) * k + top_beam.gather(1, pick)).view(-1)
+        rows = torch.arange(n, device=device).unsqueeze(1) * beams + top_beam.gather(1, pick)
+        rows = rows.view(-1)  # (N*K,) the row each continuing hypothesis extends
         next_tokens = top_token.gather(1, pick).view(-1)
         history = torch.cat([history.index_select(0, rows), next_tokens.unsqueeze(1)], dim=1)
         state = state.select(rows)
-        scores, prev = alive_scores, next_tokens
+        scores, prev, beams = alive_scores, next_tokens, k
 
         still = torch.tensor(
             [len(finished[int(s)]) < k for s in active.tolist()], dtype=torch.bool, device=device

@@ -73,6 +73,40 @@ def test_scripted_beam_search_finds_what_greedy_misses() -> None:
     assert g.score == pytest.approx(math.log(0.6 * 0.4 * 0.9))
 
 
+
+def test_first_step_scores_one_row_per_sentence(monkeypatch) -> None:
+    """All beams start from BOS, so the first step runs the model on one row per sentence and
+    the later steps on K; the scripted beams come out as computed by hand."""
+    model = ScriptedModel()
+    rows = []
+    step = model.decode_step_features
+
+    def counted(tokens, state, memory):
+        rows.append(tokens.size(0))
+        return step(tokens, state, memory)
+
+    monkeypatch.setattr(model, "decode_step_features", counted)
+    found = beam_search(model, _scripted_batch(3), beam_size=2, n_best=2, length_penalty_alpha=0)
+    assert rows[0] == 3 and set(rows[1:]) == {6}
+    for hyps in found:
+        assert [h.tokens for h in hyps] == [[B, A], [A, A]]
+
+
+def test_beam_wider_than_the_shortlist(toy_tokenizer) -> None:
+    """A first step over fewer columns than beams fills the other beams with impossible
+    hypotheses; the search still returns n-best lists of the shortlist's tokens."""
+    model = tiny_model(toy_tokenizer, seed=4)
+    ids = torch.tensor([EOS_ID, 7, 9])
+    subset = OutputSubset(ids, model.decoder.output.weight[ids].detach())
+    src, _ = synthetic_pairs(4, seed=3)
+    batch = make_batch(toy_tokenizer.encode_source(src))
+    for hyps in beam_search(model, batch, beam_size=5, n_best=5, subset=subset, max_length=6):
+        assert len(hyps) == 5
+        assert len({tuple(h.tokens) for h in hyps}) == 5
+        assert all(set(h.tokens) <= {7, 9} for h in hyps)
+        scores = [h.normalized_score for h in hyps]
+        assert scores == sorted(scores, reverse=True) and math.isfinite(scores[0])
+
 def test_scripted_length_penalty() -> None:
     (hyps,) = beam_search(
         ScriptedModel(), _scripted_batch(), beam_size=2, n_best=2, length_penalty_alpha=1.0

@@ -13,7 +13,8 @@ Phases run in fresh child processes so each reports its own peak RSS:
   interleaved batch by batch;
 - decode: sentences/s of greedy and beam 5 on the test split (search only, model load excluded)
   in fp32, bf16 autocast, int8 dynamic quantization (with nmt's written-out LSTM step and with
-  torch's quantized LSTM op) and with a lexical shortlist, with the BLEU of each;
+  torch's quantized LSTM op) and with a lexical shortlist, with the BLEU of each; one process
+  per beam, its variants warmed up on one batch and then run in turn, the order rotating;
 - whole `nmt train` (recipes/reference_de_en.yaml) and `nmt translate` (fp32, int8, int8 with a
   shortlist) processes: their peak RSS.
 Every figure is the median of --repeats runs. Timings are never asserted in tests.
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from nmt.batching import Batch
     from nmt.model import Seq2Seq
+    from nmt.recipe import DecodeConfig
     from nmt.translate import SearchSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,16 +244,26 @@ def batch_size(args: argparse.Namespace, beam: int) -> int:
     return args.batch_size if beam == 1 else args.beam_batch_size or args.batch_size
 
 
-def search_settings(args: argparse.Namespace, beam: int) -> SearchSettings:
-    """The decoding settings of a beam: batch_size() sentences, at most --max-hypotheses."""
+def search_settings(
+    args: argparse.Namespace, beam: int, decode: DecodeConfig | None = None
+) -> SearchSettings:
+    """The decoding settings of a beam: batch_size() sentences, at most --max-hypotheses, and the
+    rest (length penalty, length limits) from the model's recipe, as `nmt translate` takes them."""
+    from nmt.recipe import DecodeConfig
     from nmt.translate import SearchSettings
 
-    return SearchSettings(
-        beam_size=beam, batch_size=batch_size(args, beam), max_hypotheses=args.max_hypotheses
+    return SearchSettings.from_decode(
+        decode or DecodeConfig(),
+        beam_size=beam,
+        batch_size=batch_size(args, beam),
+        max_hypotheses=args.max_hypotheses,
     )
 
 
 def phase_decode(args: argparse.Namespace) -> dict:
+    """Every decoding variant at one beam (--beam), in one process: each warmed up on one batch,
+    then --repeats passes over test2016 in turn, the order rotating, so a ratio between variants
+    compares runs seconds apart on this shared machine rather than processes minutes apart."""
     import torch
 
     from nmt import checkpoint
@@ -265,32 +277,38 @@ def phase_decode(args: argparse.Namespace) -> dict:
     recipe, tokenizer, model = checkpoint.load_model(args.model)
     test = load_splits(recipe.data, ["test"], args.data)["test"]
     share_threads(args.workers)  # as `nmt translate --workers` does
-    out = {}
-    variants = [(v, beam) for v in DECODE_VARIANTS for beam in (1, 5)]
-    if args.variant:
-        variants = [(args.variant, args.beam)]
-    for variant, beam in variants:
+    beam = args.beam
+    translators = {}
+    for variant in DECODE_VARIANTS:
         m = model
         if variant.startswith("int8"):
             m = quantize_int8(model, lstm_step=variant != "int8_lstm_op")
-        translator = Translator(
+        translators[variant] = Translator(
             m,
             tokenizer,
             resolve_device("cpu"),
-            search_settings(args, beam),
+            search_settings(args, beam, recipe.decode),
             torch.bfloat16 if variant == "bf16" else None,
             Shortlist.load(args.shortlist, tokenizer) if variant.endswith("shortlist") else None,
             args.workers,
         )
-        hyps: list[str] = []
-
-        def run(translator=translator, hyps=hyps) -> None:
-            hyps[:] = [h[0].text for h in translator.translate(test.source)]
-
-        seconds = median_time(run, args.repeats)
-        key = f"{'greedy' if beam == 1 else f'beam{beam}'}_{variant}"
-        out[f"{key}_sent_s"] = len(test.source) / seconds
-        out[f"{key}_bleu"] = score_corpus(hyps, test.target)["bleu"].score
+        translators[variant].translate(test.source[: args.batch_size])  # warm-up
+    seconds: dict[str, list[float]] = {v: [] for v in DECODE_VARIANTS}
+    hyps: dict[str, list[str]] = {}
+    for r in range(args.repeats):
+        for variant in (
+            DECODE_VARIANTS[r % len(DECODE_VARIANTS) :]
+            + DECODE_VARIANTS[: r % len(DECODE_VARIANTS)]
+        ):
+            start = time.perf_counter()
+            found = translators[variant].translate(test.source)
+            seconds[variant].append(time.perf_counter() - start)
+            hyps[variant] = [h[0].text for h in found]
+    key = "greedy" if beam == 1 else f"beam{beam}"
+    out: dict[str, float | None] = {}
+    for variant in DECODE_VARIANTS:
+        out[f"{key}_{variant}_sent_s"] = len(test.source) / statistics.median(seconds[variant])
+        out[f"{key}_{variant}_bleu"] = score_corpus(hyps[variant], test.target)["bleu"].score
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -537,11 +555,9 @@ def main() -> None:
             )
         rss = process_rss(args)
         decode = {}
-        for variant in DECODE_VARIANTS if args.model else ():
-            for beam in (1, 5):
-                extra = ["--variant", variant, "--beam", str(beam)]
-                decode.update(child("decode", args, extra))
-                decode[f"rss_{variant}_{beam}"] = decode.pop("peak_rss_mb")
+        for beam in (1, 5) if args.model else ():
+            decode.update(child("decode", args, ["--beam", str(beam)]))
+            decode[f"rss_decode_{beam}"] = decode.pop("peak_rss_mb")
         if not args.decode_only:
             rows += train_rows(args, ceiling, rss)
     for variant in TRANSLATE_RSS if args.model else ():
@@ -556,6 +572,14 @@ def main() -> None:
             )
     if args.model:
         for beam in (1, 5):
+            rows.append(
+                (
+                    f"peak RSS decode phase, beam {beam}",
+                    f"{decode[f'rss_decode_{beam}']:.0f} MB",
+                    f"all {len(DECODE_VARIANTS)} variants below loaded in one process",
+                )
+            )
+        for beam in (1, 5):
             key = "greedy" if beam == 1 else "beam5"
             ref = decode[f"{key}_fp32_sent_s"]
             for variant in DECODE_VARIANTS:
@@ -567,9 +591,8 @@ def main() -> None:
                     (
                         f"{key} {variant} (sent/s)",
                         f"{rate:.0f}",
-                        f"x{rate / ref:.2f} vs fp32{step}; BLEU "
-                        f"{decode[f'{key}_{variant}_bleu']:.2f}; peak RSS "
-                        f"{decode[f'rss_{variant}_{beam}']:.0f} MB",
+                        f"x{rate / ref:.2f} vs fp32{step}; "
+                        f"BLEU {decode[f'{key}_{variant}_bleu']:.2f}",
                     )
                 )
     width = max(len(r[0]) for r in rows)

@@ -73,7 +73,6 @@ def test_scripted_beam_search_finds_what_greedy_misses() -> None:
     assert g.score == pytest.approx(math.log(0.6 * 0.4 * 0.9))
 
 
-
 def test_first_step_scores_one_row_per_sentence(monkeypatch) -> None:
     """All beams start from BOS, so the first step runs the model on one row per sentence and
     the later steps on K; the scripted beams come out as computed by hand."""
@@ -106,6 +105,7 @@ def test_beam_wider_than_the_shortlist(toy_tokenizer) -> None:
         assert all(set(h.tokens) <= {7, 9} for h in hyps)
         scores = [h.normalized_score for h in hyps]
         assert scores == sorted(scores, reverse=True) and math.isfinite(scores[0])
+
 
 def test_scripted_length_penalty() -> None:
     (hyps,) = beam_search(

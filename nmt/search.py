@@ -208,20 +208,19 @@ def beam_search(
     # Rows i*B .. i*B+B-1 are the B hypotheses of sentence i; they share its memory (N, S, M).
     # All K beams start as the same BOS, so the first step scores one row per sentence (B = 1)
     # and its best candidates fill the K beams: 1/K of a step's work where K copies did the same.
-    beams = 1
     limits_all = torch.tensor(
         max_output_lengths(batch.src_lengths, max_length_ratio, max_length), device=device
     )
 
     active = torch.arange(batch.size, device=device)  # original index of each live sentence
-    scores = torch.zeros((batch.size, beams), device=device)  # (N, B)
+    scores = torch.zeros((batch.size, 1), device=device)  # (N, B): B = 1 beam at first
     history = torch.empty((batch.size, 0), dtype=torch.long, device=device)  # (N*B, t)
     prev = torch.full((batch.size,), BOS_ID, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch.size)]
 
     columns = _Columns.of(subset, device)
     for t in range(int(limits_all.max()) + 1):
-        n = active.numel()
+        n, beams = scores.shape  # B = 1 at the first step, K after it
         # A sentence's best 2K continuations are among the best 2K of each of its K rows, so the
         # running scores are added to (N*K, 2K) values, not to (N*K, C).
         row_scores, row_columns, state = _next_candidates(
@@ -268,7 +267,7 @@ def beam_search(
         next_tokens = top_token.gather(1, pick).view(-1)
         history = torch.cat([history.index_select(0, rows), next_tokens.unsqueeze(1)], dim=1)
         state = state.select(rows)
-        scores, prev, beams = alive_scores, next_tokens, k
+        scores, prev = alive_scores, next_tokens
 
         still = torch.tensor(
             [len(finished[int(s)]) < k for s in active.tolist()], dtype=torch.bool, device=device

@@ -30,8 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from nmt.batching import Batch
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+T = TypeVar("T")
 
 
 def median_time(fn, repeats: int) -> float:
@@ -50,6 +52,13 @@ def median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def rotated(items: Sequence[T], k: int) -> list[T]:
+    """items starting at position k % len(items), wrapping around: the k-th round's order when
+    variants take turns, so none always runs first (or right after the same neighbour)."""
+    k %= len(items)
+    return [*items[k:], *items[:k]]
 
 
 def phase_ceiling(args: argparse.Namespace) -> dict:
@@ -216,7 +225,7 @@ def phase_train(args: argparse.Namespace) -> dict:
     labels = list(steps)
     for k in range(args.repeats * len(batches[2:])):
         b = batches[2 + k % len(batches[2:])]
-        for label in labels[k % len(labels) :] + labels[: k % len(labels)]:
+        for label in rotated(labels, k):
             seconds = median_time(lambda b=b, label=label: steps[label](b), 1)
             rates[label].append(b.n_target_tokens / seconds)
             flops[label].append(
@@ -296,10 +305,7 @@ def phase_decode(args: argparse.Namespace) -> dict:
     seconds: dict[str, list[float]] = {v: [] for v in DECODE_VARIANTS}
     hyps: dict[str, list[str]] = {}
     for r in range(args.repeats):
-        for variant in (
-            DECODE_VARIANTS[r % len(DECODE_VARIANTS) :]
-            + DECODE_VARIANTS[: r % len(DECODE_VARIANTS)]
-        ):
+        for variant in rotated(DECODE_VARIANTS, r):
             start = time.perf_counter()
             found = translators[variant].translate(test.source)
             seconds[variant].append(time.perf_counter() - start)

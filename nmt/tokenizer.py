@@ -135,7 +135,13 @@ class Tokenizer:
         return self._source.encode(line, out_type=str)
 
     def decode_target(self, ids: Sequence[Sequence[int]]) -> list[str]:
-        return self._target.decode([list(x) for x in ids])
+        """Text of target ids. A lone word-boundary piece before a word piece (a sequence the
+        model can choose, never one that encode_target makes: SentencePiece normalises runs of
+        spaces away) would decode to two spaces; runs of spaces are joined into one."""
+        return [
+            " ".join(filter(None, t.split(" ")))
+            for t in self._target.decode([list(x) for x in ids])
+        ]
 
     def state_dict(self) -> dict[str, bytes | None]:
         return {"source": self.source_model, "target": self.target_model}

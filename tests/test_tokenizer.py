@@ -17,6 +17,16 @@ def test_round_trip_and_special_ids(toy_tokenizer: Tokenizer) -> None:
     assert toy_tokenizer.joint and toy_tokenizer.source_vocab_size == 60
 
 
+def test_decoding_joins_the_spaces_of_a_lone_boundary_piece(toy_tokenizer: Tokenizer) -> None:
+    # "▁" then "▁IM" is a sequence a model can emit; SentencePiece alone would print two spaces
+    boundary = toy_tokenizer._target.piece_to_id("▁")
+    assert boundary != UNK_ID
+    (word,) = toy_tokenizer.encode_target(["IM PARK"])
+    assert toy_tokenizer.decode_target([[boundary, *word, boundary, boundary, *word]]) == [
+        "IM PARK IM PARK"
+    ]
+
+
 def test_unknown_characters_map_to_unk(toy_tokenizer: Tokenizer) -> None:
     (ids,) = toy_tokenizer.encode_target(["漢字"])
     assert UNK_ID in ids

@@ -137,7 +137,8 @@ class Tokenizer:
     def decode_target(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Text of target ids. A lone word-boundary piece before a word piece (a sequence the
         model can choose, never one that encode_target makes: SentencePiece normalises runs of
-        spaces away) would decode to two spaces; runs of spaces are joined into one."""
+        spaces away) would decode to two spaces; runs of spaces are joined into one and spaces at
+        the ends dropped."""
         return [
             " ".join(filter(None, t.split(" ")))
             for t in self._target.decode([list(x) for x in ids])

@@ -43,7 +43,8 @@ from nmt.translate import SearchSettings, Translator
 log = logging.getLogger("nmt")
 
 RUN_FILES = (
-    "best.pt",
+    ckpt.BEST,
+    ckpt.EMA,
     "metrics.jsonl",
     "train.log",
     "recipe.yaml",

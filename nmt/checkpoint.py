@@ -24,6 +24,7 @@ from nmt.tokenizer import Tokenizer
 FORMAT = "nmt-checkpoint"
 VERSION = 1
 BEST = "best.pt"
+EMA = "ema.pt"  # the moving average of the weights (train.ema_decay), as of the last checkpoint
 STEP_PATTERN = re.compile(r"^step-(\d+)\.pt$")
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as Bar
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nmt import checkpoint as ckpt
 from nmt.batching import Batch, BucketedBatches, make_batch
@@ -249,6 +250,12 @@ class Trainer:
         self.dtype = autocast_dtype(self.config.precision)
         self.planned_steps = self.total_steps()  # the cosine and wsd schedules' length
         self.stop_request = StopRequest()
+        # the moving average of the weights (train.ema_decay), a copy that only follows them
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.config.ema_decay))
+            if self.config.ema_decay > 0
+            else None
+        )
 
     def learning_rate(self) -> float:
         """The rate of the next step under the recipe's schedule."""
@@ -286,16 +293,21 @@ class Trainer:
     # ----- checkpoints ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "progress": asdict(self.progress),
             "rng": rng_state(),
         }
+        if self.ema is not None:
+            state["ema"] = {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(**state["progress"])
         set_rng_state(state["rng"])
+        if self.ema is not None:  # a run resumes with its stored recipe, so the state has one
+            self.ema.load_state_dict(state["ema"])
 
     def save_checkpoint(self, metrics: dict[str, float] | None = None) -> Path:
         """A full checkpoint for this step; older ones beyond keep_checkpoints go only after."""
@@ -309,6 +321,15 @@ class Trainer:
             training=self.state_dict(),
         )
         ckpt.atomic_save(payload, path)
+        if self.ema is not None:
+            ema = ckpt.build_payload(
+                self.recipe,
+                self.tokenizer,
+                self.ema.module,
+                self.progress.step,
+                {"ema_decay": self.config.ema_decay},
+            )
+            ckpt.atomic_save(ema, self.run_dir / ckpt.EMA)
         for old in ckpt.step_checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path
@@ -376,6 +397,8 @@ class Trainer:
         self.progress.bad_steps_in_a_row = 0
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return loss_value, n_tokens
 
     # ----- validation ----------------------------------------------------------------------

@@ -83,6 +83,8 @@ def test_integer_accepted_where_float_expected() -> None:
             "model.tie_embeddings",
             "joint",
         ),
+        ({"train": {"ema_decay": 1.0}}, "train.ema_decay", "below 1"),
+        ({"train": {"ema_decay": -0.1}}, "train.ema_decay", "between 0 and 1"),
     ],
 )
 def test_bad_recipes_name_the_key(raw: dict, key: str, fragment: str) -> None:

@@ -66,8 +66,9 @@ def test_same_seed_same_parameters(tmp_path, toy_dataset) -> None:
         {"train": {"lr_schedule": "wsd", "lr_decay_fraction": 0.5}},
         {"tokenizer": {"sampling_alpha": 0.3}, "train": {"batch_tokens": 1600}},
         {"train": {"dropout_masks": "bernoulli", "fused_adam": False}},
+        {"train": {"ema_decay": 0.8}},
     ],
-    ids=["plateau", "cosine", "wsd", "subword-sampling", "torch-dropout-and-adam"],
+    ids=["plateau", "cosine", "wsd", "subword-sampling", "torch-dropout-and-adam", "ema"],
 )
 def test_interrupted_and_resumed_run_continues_the_same_trajectory(
     tmp_path, toy_dataset, changes
@@ -92,15 +93,43 @@ def test_interrupted_and_resumed_run_continues_the_same_trajectory(
         rec, tmp_path / "resumed", data_dir=toy_dataset, progress_bar=False, resume=True
     )
     assert second.step == 12 and second.finished
-    a, b = _params(tmp_path / "straight"), _params(tmp_path / "resumed")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    names = [None] + ([ckpt.EMA] if rec.train.ema_decay else [])
+    for name in names:
+        a, b = _params(tmp_path / "straight", name), _params(tmp_path / "resumed", name)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     assert (
         json.loads((tmp_path / "straight/metrics.jsonl").read_text().splitlines()[-1])["valid_loss"]
         == json.loads((tmp_path / "resumed/metrics.jsonl").read_text().splitlines()[-1])[
             "valid_loss"
         ]
     )
+
+
+def test_moving_average_of_the_weights_follows_every_step(tmp_path, toy_dataset) -> None:
+    """ema.pt holds decay * ema + (1 - decay) * weights over the steps, starting from the first
+    step's weights, and keeping it leaves the trajectory exactly as it is without one."""
+    decay = 0.7
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def record(trainer) -> None:
+        seen.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+
+    rec = from_dict(toy_recipe(train={"ema_decay": decay}))
+    api.train(rec, tmp_path / "ema", data_dir=toy_dataset, progress_bar=False, trainer_hook=record)
+    api.train(from_dict(toy_recipe()), tmp_path / "plain", data_dir=toy_dataset, progress_bar=False)
+    assert len(seen) == 12
+    expected = dict(seen[0])
+    for weights in seen[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in expected}
+    payload = ckpt.read(tmp_path / "ema" / ckpt.EMA)
+    assert payload["step"] == 12 and payload["metrics"] == {"ema_decay": decay}
+    for key, value in payload["model"].items():
+        torch.testing.assert_close(value, expected[key])
+    last, plain = _params(tmp_path / "ema"), _params(tmp_path / "plain")
+    assert all(torch.equal(last[k], plain[k]) for k in last)
+    assert any(not torch.equal(last[k], payload["model"][k]) for k in last)
+    assert not (tmp_path / "plain" / ckpt.EMA).exists()
 
 
 def test_cosine_schedule_falls_from_the_base_rate_to_the_floor() -> None:

@@ -440,7 +440,7 @@ def reproduce(
     )
     model_paths = []
     for member in members:
-        model_path: Path = member / ckpt.BEST
+        model_path: Path = member / (ckpt.EMA if rec.decode.use_ema else ckpt.BEST)
         if rec.decode.average_checkpoints > 1:
             model_path = average(member, rec.decode.average_checkpoints, member / "averaged.pt")
         model_paths.append(model_path)

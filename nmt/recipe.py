@@ -145,6 +145,7 @@ class DecodeConfig:
     # with the rows it scores at once; a batch holds min(batch_size, max_hypotheses // beam).
     max_hypotheses: int = 320
     average_checkpoints: int = 1  # >1: average the last N checkpoints before decoding
+    use_ema: bool = False  # decode ema.pt, the moving average of train.ema_decay, instead
 
 
 @dataclass(frozen=True)
@@ -338,6 +339,12 @@ def _check_consistency(recipe: Recipe) -> None:
         raise RecipeError(
             "train.ema_decay",
             f"must be below 1 (1 keeps the first weights forever), got {recipe.train.ema_decay}",
+        )
+    if recipe.decode.use_ema and recipe.train.ema_decay == 0:
+        raise RecipeError("decode.use_ema", "needs a moving average: set train.ema_decay > 0")
+    if recipe.decode.use_ema and recipe.decode.average_checkpoints > 1:
+        raise RecipeError(
+            "decode.use_ema", "decodes the moving average: set decode.average_checkpoints: 1"
         )
     if recipe.train.max_sentences > recipe.train.batch_tokens:
         raise RecipeError("train.max_sentences", "must not exceed train.batch_tokens")

@@ -85,6 +85,12 @@ def test_integer_accepted_where_float_expected() -> None:
         ),
         ({"train": {"ema_decay": 1.0}}, "train.ema_decay", "below 1"),
         ({"train": {"ema_decay": -0.1}}, "train.ema_decay", "between 0 and 1"),
+        ({"decode": {"use_ema": True}}, "decode.use_ema", "set train.ema_decay"),
+        (
+            {"train": {"ema_decay": 0.9}, "decode": {"use_ema": True, "average_checkpoints": 3}},
+            "decode.use_ema",
+            "average_checkpoints: 1",
+        ),
     ],
 )
 def test_bad_recipes_name_the_key(raw: dict, key: str, fragment: str) -> None:

@@ -132,6 +132,20 @@ def test_moving_average_of_the_weights_follows_every_step(tmp_path, toy_dataset)
     assert not (tmp_path / "plain" / ckpt.EMA).exists()
 
 
+def test_reproduce_decodes_the_moving_average(tmp_path, toy_dataset) -> None:
+    raw = toy_recipe(train={"ema_decay": 0.5}, decode={"use_ema": True})
+    run = tmp_path / "run"
+    api.reproduce(from_dict(raw), run, data_dir=toy_dataset, progress_bar=False)
+    hyps = (run / "test.hyp.txt").read_text(encoding="utf-8").splitlines()
+
+    def decoded(name: str) -> list[str]:
+        translator, rec = api.load_translator([run / name], decode=from_dict(raw).decode)
+        return api.evaluate_split(translator, rec, "test", toy_dataset).hypotheses
+
+    assert decoded(ckpt.EMA) == hyps
+    assert decoded(ckpt.BEST) != hyps
+
+
 def test_cosine_schedule_falls_from_the_base_rate_to_the_floor() -> None:
     config = from_dict(
         toy_recipe(

@@ -127,8 +127,9 @@ class TrainConfig:
     fused_adam: bool = True
     # > 0: also keep an exponential moving average of the weights (Polyak averaging), updated
     # after every step as ema = decay * ema + (1 - decay) * weights and saved as ema.pt with
-    # each checkpoint; it changes nothing in the training trajectory. 0.999 averages over about
-    # the last 1,000 steps, as decode.average_checkpoints: 5 does over 5 x 400.
+    # each checkpoint; it changes nothing in the training trajectory. With 0.999 the weights it
+    # averages are 1,000 steps old on average (1 / (1 - decay)); the last 5 checkpoints of a
+    # recipe that validates every 400 steps span about 1,600.
     ema_decay: float = 0.0
 
 

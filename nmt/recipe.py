@@ -129,7 +129,7 @@ class TrainConfig:
     # after every step as ema = decay * ema + (1 - decay) * weights and saved as ema.pt with
     # each checkpoint; it changes nothing in the training trajectory. With 0.999 the weights it
     # averages are 1,000 steps old on average (1 / (1 - decay)); the last 5 checkpoints of a
-    # recipe that validates every 400 steps span about 1,600.
+    # recipe that validates every 400 steps span up to 1,600.
     ema_decay: float = 0.0
 
 
